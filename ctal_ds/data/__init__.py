@@ -1,0 +1,1 @@
+"""Data: corpus readers, demo corpus, tokenizer, features, shards, loader, masking."""
