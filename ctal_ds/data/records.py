@@ -56,6 +56,8 @@ class CorpusScan:
     root: str
     records: list[Record] = dataclasses.field(default_factory=list)
     rejections: list[Rejection] = dataclasses.field(default_factory=list)
+    # Problems in metadata that is not an utterance (e.g. a bad SPEAKERS.TXT line).
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def inputs(self) -> int:
@@ -75,4 +77,6 @@ class CorpusScan:
         ]
         for reason, n in sorted(self.rejection_counts().items(), key=lambda kv: -kv[1]):
             lines.append(f"  rejected {n:>6}  {reason}")
+        if self.warnings:
+            lines.append(f"  {len(self.warnings)} metadata warning(s), first: {self.warnings[0]}")
         return "\n".join(lines)
