@@ -1,0 +1,1 @@
+"""End-to-end tests against a real SLURM cluster run on loopback (see conftest.py)."""
