@@ -1,0 +1,227 @@
+"""Acoustic features of the audio stream (paper section 3.1): 80 log-mel + delta = 160 dims.
+
+One API, two backends that compute the same function:
+
+* ``librosa``: the reference, numpy on CPU, one utterance at a time;
+* ``torch``: ``torch.stft`` and the same mel matrix, batched over padded waveforms,
+  on any device (GPU when one is given).
+
+Definition, for a mono float waveform of ``n`` samples at ``sample_rate``:
+
+1. power STFT, Hann window of ``win_length`` samples zero-padded to ``n_fft``, hop
+   ``hop_length``, centred frames: the signal is padded with ``n_fft // 2`` zeros on each
+   side, so there are ``n_frames(n) = 1 + n // hop_length`` frames (frame t is centred on
+   sample ``t * hop_length``). Zero padding, not reflection: then a waveform padded with
+   zeros in a batch has exactly the frames it has alone, and any length >= 1 works;
+2. Slaney mel filterbank (``librosa.filters.mel``, ``htk=False, norm="slaney"``) of
+   ``n_mels`` bands between ``fmin`` and ``fmax``; natural log of ``max(mel, log_floor)``;
+3. first-order delta: ``d_t = sum_{k=1..K} k (x_{t+k} - x_{t-k}) / (2 sum_k k^2)`` with
+   ``K = delta_width // 2`` and the first/last frame repeated past the edges (this is
+   ``librosa.feature.delta(mode="nearest")``, the least-squares slope over the window);
+4. ``[log-mel, delta]`` concatenated, then each of the 160 dims normalised to zero mean
+   and unit variance over the utterance's frames (``std`` floored at ``norm_floor``).
+
+n_fft is 1024 rather than the 800-sample window: a power of two is the fast FFT size, and
+its 15.6 Hz bins leave no empty filter among the narrow low mel bands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("librosa", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000  # every input is resampled to this at shard-build time
+    win_length: int = 800  # 50 ms
+    hop_length: int = 200  # 12.5 ms
+    n_fft: int = 1024
+    n_mels: int = 80
+    fmin: float = 20.0
+    fmax: float = 8000.0
+    log_floor: float = 1e-10  # on mel power; digital silence maps to log(1e-10) = -23
+    delta_width: int = 9  # frames in the delta regression window
+    norm_floor: float = 1e-5  # a constant dim becomes 0 instead of dividing by ~0
+    max_duration_s: float = 30.0  # longer inputs are rejected, not truncated
+
+    def __post_init__(self) -> None:
+        if not 0 < self.win_length <= self.n_fft:
+            raise ValueError(f"win_length {self.win_length} must be in (0, n_fft={self.n_fft}]")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}")
+        if self.delta_width < 3 or self.delta_width % 2 == 0:
+            raise ValueError(f"delta_width must be odd and >= 3, got {self.delta_width}")
+        if self.max_duration_s <= 0:
+            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.n_mels
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames for a waveform of ``n_samples`` (centred frames, see module docstring)."""
+        return 1 + n_samples // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        return cls(**d)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(config: FeatureConfig) -> np.ndarray:
+    """float32 [n_mels, n_fft // 2 + 1], the one matrix both backends use."""
+    import librosa
+
+    return librosa.filters.mel(
+        sr=config.sample_rate,
+        n_fft=config.n_fft,
+        n_mels=config.n_mels,
+        fmin=config.fmin,
+        fmax=config.fmax,
+        htk=False,
+        norm="slaney",
+        dtype=np.float32,
+    )
+
+
+# --------------------------------------------------------------------------- librosa
+
+
+def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    import librosa
+
+    with warnings.catch_warnings():
+        # librosa warns when the input is shorter than n_fft; zero padding is the definition.
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+        spec = librosa.stft(
+            waveform,
+            n_fft=config.n_fft,
+            hop_length=config.hop_length,
+            win_length=config.win_length,
+            window="hann",
+            center=True,
+            pad_mode="constant",
+        )
+    power = np.abs(spec) ** 2
+    logmel = np.log(np.maximum(mel_filterbank(config) @ power, config.log_floor))  # [M, T]
+    delta = librosa.feature.delta(logmel, width=config.delta_width, order=1, axis=-1, mode="nearest")
+    feats = np.concatenate([logmel, delta], axis=0).T.astype(np.float64)  # [T, 2M]
+    mean = feats.mean(axis=0)
+    std = np.maximum(feats.std(axis=0), config.norm_floor)
+    return ((feats - mean) / std).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def torch_features(waves, lengths, config: FeatureConfig):
+    """Batched features on the waves' device.
+
+    waves: float [B, N] zero-padded mono waveforms; lengths: int [B] valid samples.
+    Returns (feats float32 [B, T, dim] with zeros past each utterance's end,
+    n_frames int64 [B]). Valid frames do not depend on how much padding follows them.
+    """
+    import torch
+
+    device = waves.device
+    waves = waves.to(torch.float32)
+    lengths = torch.as_tensor(lengths, device=device, dtype=torch.int64)
+    frames = 1 + lengths // config.hop_length
+    spec = torch.stft(
+        waves,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window=torch.hann_window(config.win_length, periodic=True, device=device),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )  # [B, F, T]
+    power = spec.real.square() + spec.imag.square()
+    fb = torch.from_numpy(mel_filterbank(config)).to(device)
+    logmel = torch.log(torch.clamp(torch.matmul(fb, power), min=config.log_floor))
+    logmel = logmel.transpose(1, 2)  # [B, T, M]
+    n_batch, n_time, n_mels = logmel.shape
+
+    # Delta with each utterance's own edge frame repeated, as if it were alone.
+    t = torch.arange(n_time, device=device)
+    last = (frames - 1)[:, None]  # [B, 1], frames >= 1
+
+    def frames_at(index):  # [B, T] frame indices -> [B, T, M] log-mel rows
+        return torch.gather(logmel, 1, index[:, :, None].expand(-1, -1, n_mels))
+
+    delta = torch.zeros_like(logmel)
+    half = config.delta_width // 2
+    for k in range(1, half + 1):
+        ahead = torch.minimum(t[None, :] + k, last)
+        behind = (t[None, :] - k).clamp(min=0).expand(n_batch, -1)
+        delta += k * (frames_at(ahead) - frames_at(behind))
+    delta /= 2 * sum(k * k for k in range(1, half + 1))
+
+    feats = torch.cat([logmel, delta], dim=2)  # [B, T, 2M]
+    valid = (t[None, :] < frames[:, None]).unsqueeze(2)  # [B, T, 1]
+    count = frames[:, None, None].to(torch.float32)
+    mean = (feats * valid).sum(dim=1, keepdim=True) / count
+    centred = (feats - mean) * valid
+    std = (centred.square().sum(dim=1, keepdim=True) / count).sqrt().clamp(min=config.norm_floor)
+    return centred / std, frames
+
+
+def _extract_torch(waveforms: Sequence[np.ndarray], config: FeatureConfig, device) -> list[np.ndarray]:
+    import torch
+
+    if not waveforms:
+        return []
+    lengths = [len(w) for w in waveforms]
+    waves = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32)
+    for i, w in enumerate(waveforms):
+        waves[i, : len(w)] = torch.as_tensor(w, dtype=torch.float32)
+    feats, frames = torch_features(waves.to(device or "cpu"), lengths, config)
+    feats = feats.cpu().numpy()
+    return [feats[i, :n] for i, n in enumerate(frames.tolist())]
+
+
+# --------------------------------------------------------------------------- API
+
+
+def _check_input(waveform: np.ndarray) -> np.ndarray:
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 1 or waveform.size == 0:
+        raise ValueError(f"expected a non-empty mono waveform, got shape {waveform.shape}")
+    return waveform
+
+
+def extract(
+    waveform: np.ndarray, config: FeatureConfig | None = None, backend: str = "librosa", device=None
+) -> np.ndarray:
+    """float32 [config.n_frames(len(waveform)), config.dim] for one mono waveform at
+    ``config.sample_rate`` (see :func:`ctal_ds.data.audio.load_audio`)."""
+    return extract_batch([waveform], config, backend, device)[0]
+
+
+def extract_batch(
+    waveforms: Sequence[np.ndarray],
+    config: FeatureConfig | None = None,
+    backend: str = "torch",
+    device=None,
+) -> list[np.ndarray]:
+    """:func:`extract` for many waveforms; the torch backend runs them as one padded batch
+    on ``device`` (default CPU), the librosa backend one after another."""
+    config = config or FeatureConfig()
+    waveforms = [_check_input(w) for w in waveforms]
+    if backend == "librosa":
+        return [_extract_librosa(w, config) for w in waveforms]
+    if backend == "torch":
+        return _extract_torch(waveforms, config, device)
+    raise ValueError(f"unknown feature backend {backend!r}; expected one of {BACKENDS}")

@@ -1,0 +1,146 @@
+"""Build WebDataset shards from a corpus, or check built ones.
+
+    # LibriSpeech 960 h for pre-training, then dev-clean with the same tokenizer:
+    python launch/prepare_data.py --corpus data/LibriSpeech --out shards/ls960 \\
+        --split train-clean-100 --split train-clean-360 --split train-other-500 --workers 16
+    python launch/prepare_data.py --corpus data/LibriSpeech --out shards/ls-dev-clean \\
+        --split dev-clean --tokenizer shards/ls960/tokenizer.json
+
+    # One corpus, a held-out part: writes <out>/train and <out>/valid (tokenizer from train)
+    python launch/prepare_data.py --corpus runs/demo/corpus/librispeech --out shards/demo \\
+        --holdout-fraction 0.05
+
+    # Verify every shard against its manifest (exit 1 and the file names if any is bad)
+    python launch/prepare_data.py --check shards/ls960
+
+Rerunning an interrupted build with the same arguments finishes it, keeping the shards
+already written. The shard format is described in shards/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ctal_ds.data.features import BACKENDS, FeatureConfig
+from ctal_ds.data.records import CorpusScan
+from ctal_ds.data.shards import (
+    MANIFEST,
+    TOKENIZER,
+    BuildResult,
+    ShardConfig,
+    build_shards,
+    split_holdout,
+)
+from ctal_ds.data.tokenizer import TokenizerConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--corpus", help="corpus folder or .jsonl manifest to build shards from")
+    mode.add_argument("--check", metavar="DIR", help="verify the shard set(s) in DIR and exit")
+    p.add_argument("--kind", default="auto", help="librispeech | iemocap | mosei | jsonl | auto")
+    p.add_argument("--out", help="output folder, e.g. shards/ls960")
+    p.add_argument("--split", action="append", default=[], metavar="NAME",
+                   help="keep only records of this corpus split (repeatable), e.g. train-clean-100")
+    p.add_argument("--holdout-fraction", type=float, default=0.0,
+                   help="also hold out this fraction of records: writes OUT/train and OUT/valid")
+    p.add_argument("--tokenizer", help="existing tokenizer.json to use instead of training one")
+    p.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size)
+    p.add_argument("--min-frequency", type=int, default=TokenizerConfig.min_frequency)
+    p.add_argument("--samples-per-shard", type=int, default=ShardConfig.samples_per_shard)
+    p.add_argument("--workers", type=int, default=ShardConfig.workers, help="extraction processes")
+    p.add_argument("--backend", choices=BACKENDS, default=ShardConfig.backend)
+    p.add_argument("--device", default=None, help="torch backend device, e.g. cuda")
+    p.add_argument("--batch-size", type=int, default=ShardConfig.batch_size)
+    p.add_argument("--max-duration", type=float, default=FeatureConfig.max_duration_s,
+                   help="seconds; longer utterances are rejected")
+    p.add_argument("--max-tokens", type=int, default=ShardConfig.max_tokens)
+    p.add_argument("--seed", type=int, default=ShardConfig.seed, help="shard assignment and holdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.corpus and not args.out:
+        p.error("--corpus needs --out")
+    return args
+
+
+def _print_totals(result: BuildResult) -> None:
+    t = result.manifest["totals"]
+    print(
+        f"{result.out_dir}: {t['shards']} shards ({len(result.written)} written, "
+        f"{len(result.reused)} kept), {t['samples']} samples, {t['hours']:.2f} h, "
+        f"{t['frames']} frames; {t['rejected']} of {t['inputs']} inputs rejected"
+    )
+    for reason, n in sorted(t["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+        print(f"  rejected {n:>6}  {reason}")
+
+
+def prepare(scan: CorpusScan, args: argparse.Namespace) -> list[BuildResult]:
+    """Build the shard set(s) the arguments ask for from an already read corpus."""
+    features = FeatureConfig(max_duration_s=args.max_duration)
+    config = ShardConfig(
+        samples_per_shard=args.samples_per_shard,
+        workers=args.workers,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    )
+    tokenizer = args.tokenizer or TokenizerConfig(args.vocab_size, args.min_frequency)
+    provenance = {"splits": sorted(args.split)} if args.split else {}
+    out = Path(args.out)
+    if not args.holdout_fraction:
+        return [build_shards(scan, out, tokenizer, features, config, provenance, not args.quiet)]
+    train, valid = split_holdout(scan, args.holdout_fraction, args.seed)
+    holdout = {"holdout_fraction": args.holdout_fraction, "holdout_seed": args.seed}
+    results = [
+        build_shards(train, out / "train", tokenizer, features, config,
+                     provenance | holdout | {"part": "train"}, not args.quiet)
+    ]
+    # valid is encoded with the tokenizer trained on (or given for) train.
+    results.append(
+        build_shards(valid, out / "valid", out / "train" / TOKENIZER, features, config,
+                     provenance | holdout | {"part": "valid"}, not args.quiet)
+    )
+    return results
+
+
+def check(root: Path) -> int:
+    from ctal_ds.data.shard_check import check_shards  # reads with the loader's reader (torch)
+
+    dirs = [root] if (root / MANIFEST).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+    if not dirs:
+        print(f"{root}: no {MANIFEST} here or one level down; the build did not finish", file=sys.stderr)
+        return 1
+    bad = 0
+    for d in dirs:
+        report = check_shards(d)
+        for problem in report.problems:
+            print(f"{d}/{problem}", file=sys.stderr)
+        status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+        print(f"{d}: {report.shards} shards, {report.samples} samples: {status}")
+        bad += not report.ok
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        return check(Path(args.check))
+    from ctal_ds.data.corpora import filter_split, read_corpus
+
+    scan = read_corpus(args.corpus, args.kind)
+    print(scan.summary())
+    if args.split:
+        scan = filter_split(scan, args.split)
+        print(f"splits {sorted(args.split)}: {len(scan.records)} records")
+    for result in prepare(scan, args):
+        _print_totals(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

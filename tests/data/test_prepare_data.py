@@ -1,0 +1,145 @@
+"""launch/prepare_data.py as users run it: a JSONL corpus in, train/valid shard sets out,
+``--check`` catching damaged shards, and a build killed part way finished by a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ctal_ds.data.demo.espeak import ESpeak, VoiceSettings
+from ctal_ds.data.shards import read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = "north south east west river hill stone bridge market garden window summer".split()
+N_UTTERANCES = 24
+
+
+def run_cli(*args: str, timeout: float = 120, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "launch" / "prepare_data.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen,
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A JSONL manifest of synthesised utterances, one with unreadable audio."""
+    root = tmp_path_factory.mktemp("jsonl")
+    engine = ESpeak()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(N_UTTERANCES):
+        text = " ".join(rng.choice(WORDS, size=4))
+        audio = engine.synthesize(text, VoiceSettings("en-us", 260, 40 + i, 50, 100), seed=i)
+        sf.write(root / f"utt{i:02d}.wav", audio, engine.sample_rate)
+        lines.append({"id": f"utt{i:02d}", "audio": f"utt{i:02d}.wav", "text": text.upper(), "speaker": f"s{i % 4}"})
+    (root / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    lines.append({"id": "broken", "audio": "broken.wav", "text": "broken", "speaker": "s0"})
+    manifest = root / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+BUILD_ARGS = ("--holdout-fraction", "0.25", "--samples-per-shard", "1", "--workers", "1",
+              "--vocab-size", "300", "--min-frequency", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "demo"
+    result = run_cli("--corpus", str(corpus), "--out", str(out), *BUILD_ARGS)
+    assert result.returncode == 0, result.stderr
+    assert "jsonl corpus" in result.stdout and "inputs" in result.stdout  # scan summary
+    return out
+
+
+def keys(shard_dir: Path) -> set[str]:
+    names = set()
+    for path in shard_dir.glob("shard-*.tar"):
+        with tarfile.open(path) as tar:
+            names |= {n.split(".")[0] for n in tar.getnames()}
+    return names
+
+
+def test_holdout_builds_train_and_valid_sharing_the_train_tokenizer(built):
+    train, valid = read_manifest(built / "train"), read_manifest(built / "valid")
+    assert train["tokenizer"] == valid["tokenizer"]
+    assert (built / "train" / "tokenizer.json").read_bytes() == (built / "valid" / "tokenizer.json").read_bytes()
+    assert train["corpus"]["part"] == "train" and valid["corpus"]["holdout_fraction"] == 0.25
+    # Every input in exactly one place: a shard of one set or the rejects of one set.
+    assert train["totals"]["inputs"] + valid["totals"]["inputs"] == N_UTTERANCES + 1
+    assert train["totals"]["samples"] + valid["totals"]["samples"] == N_UTTERANCES
+    assert train["totals"]["rejected"] + valid["totals"]["rejected"] == 1
+    assert not keys(built / "train") & keys(built / "valid")
+    assert 0 < valid["totals"]["samples"] < N_UTTERANCES / 2
+
+
+def test_check_passes_on_a_good_build(built):
+    result = run_cli("--check", str(built))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": OK") == 2  # train and valid
+
+
+def test_check_names_corrupt_truncated_and_missing_shards(built, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(built / "train", damaged)
+    corrupt = damaged / "shard-000001.tar"
+    data = bytearray(corrupt.read_bytes())
+    data[700] ^= 0xFF  # inside the first member's bytes
+    corrupt.write_bytes(bytes(data))
+    truncated = damaged / "shard-000002.tar"
+    truncated.write_bytes(truncated.read_bytes()[:1500])
+    (damaged / "shard-000003.tar").unlink()
+
+    result = run_cli("--check", str(damaged))
+
+    assert result.returncode == 1
+    assert f"{damaged}/shard-000001.tar: sha256 differs" in result.stderr
+    assert f"{damaged}/shard-000002.tar: " in result.stderr
+    assert f"{damaged}/shard-000003.tar: missing" in result.stderr
+    assert "shard-000000.tar" not in result.stderr
+    assert "FAILED" in result.stdout
+
+
+def test_check_fails_where_the_build_did_not_finish(tmp_path):
+    result = run_cli("--check", str(tmp_path))
+    assert result.returncode == 1 and "manifest.json" in result.stderr
+
+
+def test_killed_build_resumes_to_the_bytes_of_a_clean_build(corpus, built, tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "launch" / "prepare_data.py"), "--corpus", str(corpus),
+         "--out", str(out), *BUILD_ARGS],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "train" / "shard-000002.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "build ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes, mid-build
+    proc.wait()
+    assert not (out / "train" / "manifest.json").exists()
+    finished_before = sorted(p.name for p in (out / "train").glob("shard-*.json"))
+
+    result = run_cli("--corpus", str(corpus), "--out", str(out), *BUILD_ARGS)
+
+    assert result.returncode == 0, result.stderr
+    kept = int(result.stdout.split(" written, ")[1].split(" kept")[0])
+    assert kept == len(finished_before) >= 3
+    for part in ("train", "valid"):
+        clean = {p.name: p.read_bytes() for p in (built / part).glob("shard-*.tar")}
+        resumed = {p.name: p.read_bytes() for p in (out / part).glob("shard-*.tar")}
+        assert resumed == clean
+    assert run_cli("--check", str(out)).returncode == 0
