@@ -1,0 +1,135 @@
+"""Fine-tuning heads over the fused representation (sections 3.3 and 4.2).
+
+- classification (IEMOCAP emotions): logits = W h_fuse, cross-entropy.
+- regression (CMU-MOSEI sentiment): a scalar w . h_fuse, L1 loss.
+- speaker (LibriSpeech): h_fuse -> speaker embedding (linear) -> ReLU -> speaker
+  logits, cross-entropy. The embedding, the layer before the classifier, is what
+  verification scores with cosine similarity (4.2.3); x-vector style, it is taken
+  before the nonlinearity.
+
+The training loss is task loss + orthogonal_weight * L_orth (3.3.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctal_ds.model.config import CTALConfig
+from ctal_ds.model.ctal import CTALModel
+from ctal_ds.model.fusion import MODALITIES, CTALFusion
+from ctal_ds.model.layers import init_weights
+from ctal_ds.model.pretrained import PretrainedModel
+
+TASKS = ("classification", "regression", "speaker")
+
+
+@dataclass
+class SequenceTaskConfig:
+    task: str
+    # Classes for classification, speakers for speaker; 1 for regression.
+    num_labels: int = 1
+    fusion: bool = True
+    # The paper adds L_orth without a stated weight; 1.0 is that plain sum. 0 disables.
+    orthogonal_weight: float = 1.0
+    modality: str = "both"
+    classifier_dropout: float = 0.1
+    speaker_embedding_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.task == "regression" and self.num_labels != 1:
+            raise ValueError("regression predicts one scalar: num_labels must be 1")
+        if self.task != "regression" and self.num_labels < 2:
+            raise ValueError(f"{self.task} needs num_labels >= 2, got {self.num_labels}")
+        if self.orthogonal_weight < 0:
+            raise ValueError("orthogonal_weight must be >= 0")
+
+
+class CTALForSequenceTask(PretrainedModel):
+    """CTAL backbone + fusion + one task head; `forward(batch)` takes the collator's batch.
+
+    Returns loss (only when `labels` is in the batch), task_loss, orth_loss,
+    `logits` (classification, speaker) or `preds` (regression), and `embedding`.
+    """
+
+    def __init__(self, config: CTALConfig, task: str | None = None, **task_config: Any):
+        super().__init__()
+        if task is None:
+            raise ValueError(
+                "CTALForSequenceTask needs task= (and num_labels=) when the checkpoint holds "
+                "no task head"
+            )
+        self.config = config
+        self.task_config = SequenceTaskConfig(task=task, **task_config)
+        tc = self.task_config
+        self.ctal = CTALModel(config)
+        self.fusion = CTALFusion(config.hidden_size, fusion=tc.fusion, modality=tc.modality)
+        self.dropout = nn.Dropout(tc.classifier_dropout)
+        if tc.task == "speaker":
+            self.embedding = nn.Linear(self.fusion.output_size, tc.speaker_embedding_dim)
+            self.classifier = nn.Linear(tc.speaker_embedding_dim, tc.num_labels)
+        else:
+            self.embedding = None
+            self.classifier = nn.Linear(self.fusion.output_size, tc.num_labels)
+        for module in (self.fusion, self.embedding, self.classifier):
+            if module is not None:
+                module.apply(partial(init_weights, std=config.initializer_range))
+
+    def head_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.task_config)
+
+    def predict_from_states(
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        audio_states: torch.Tensor | None,
+        audio_mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        representation, orth = self.fusion(text_states, text_mask, audio_states, audio_mask)
+        if orth is None:
+            orth = torch.zeros((), dtype=torch.float32, device=representation.device)
+        if self.embedding is not None:
+            embedding = self.embedding(self.dropout(representation))
+            logits = self.classifier(F.relu(embedding))
+        else:
+            embedding = representation
+            logits = self.classifier(self.dropout(representation))
+        out = {"embedding": embedding, "orth_loss": orth}
+        if self.task_config.task == "regression":
+            out["preds"] = logits.squeeze(-1)
+        else:
+            out["logits"] = logits
+        return out
+
+    def task_loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        if self.task_config.task == "regression":
+            return F.l1_loss(out["preds"].float(), labels.float())
+        return F.cross_entropy(out["logits"].float(), labels.long())
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        use_audio = self.task_config.modality != "text"
+        # Text-only (table 4 (f)) does not read the audio at all.
+        states = self.ctal(
+            batch["input_ids"],
+            batch["text_mask"],
+            batch["audio_feats"] if use_audio else None,
+            batch["audio_mask"] if use_audio else None,
+        )
+        audio_mask = batch["audio_mask"] if use_audio else None
+        out = self.predict_from_states(
+            states.text_states, batch["text_mask"], states.audio_states, audio_mask
+        )
+        if "labels" in batch:
+            out["task_loss"] = self.task_loss(out, batch["labels"])
+            out["loss"] = out["task_loss"] + self.task_config.orthogonal_weight * out["orth_loss"]
+        return out
