@@ -30,8 +30,19 @@ test: install
 test-fast: install
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
+# The main job on the built-in corpus: synthesise it, then build shards for
+# pre-training (LibriSpeech layout, 5 % held out) and for the downstream tasks, all
+# with the pre-training tokenizer.
 demo: install
 	$(PY) launch/make_demo_corpus.py --out $(DEMO_DIR)/corpus
+	$(PY) launch/prepare_data.py --corpus $(DEMO_DIR)/corpus/librispeech --split train-clean \
+		--holdout-fraction 0.05 --vocab-size 2000 --samples-per-shard 100 --out $(DEMO_DIR)/shards/pretrain
+	$(PY) launch/prepare_data.py --corpus $(DEMO_DIR)/corpus/librispeech --samples-per-shard 200 \
+		--tokenizer $(DEMO_DIR)/shards/pretrain/train/tokenizer.json --out $(DEMO_DIR)/shards/speaker
+	$(PY) launch/prepare_data.py --corpus $(DEMO_DIR)/corpus/iemocap --samples-per-shard 100 \
+		--tokenizer $(DEMO_DIR)/shards/pretrain/train/tokenizer.json --out $(DEMO_DIR)/shards/emotion
+	$(PY) launch/prepare_data.py --corpus $(DEMO_DIR)/corpus/mosei --samples-per-shard 100 \
+		--tokenizer $(DEMO_DIR)/shards/pretrain/train/tokenizer.json --out $(DEMO_DIR)/shards/sentiment
 
 lint: install
 	$(VENV)/bin/ruff check ctal_ds launch tests benchmarks
