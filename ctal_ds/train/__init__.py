@@ -1,0 +1,1 @@
+"""Pre-training engine: DeepSpeed trainer, checkpoints, tracking (docs/training.md)."""

@@ -1,0 +1,137 @@
+"""The run configuration of pre-training: a tree of typed dataclasses.
+
+The DeepSpeed JSON file owns the engine (ZeRO stage, precision, optimizer, schedule);
+this tree owns everything around it (data, model size, loop length, checkpoints,
+tracking). `OptimOverrides` are the few engine settings a run may change without
+editing the JSON; `ds_config.resolve` applies them to the loaded dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; raised before any compute, saying what to change."""
+
+
+@dataclass
+class DataConfig:
+    train_shards: Path
+    valid_shards: Path | None = None
+    num_workers: int = 2
+    # Batches are bucketed by a frame budget, so the DeepSpeed micro batch size is only
+    # the largest number of utterances a batch may hold.
+    max_frames_per_batch: int = 16000
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    # CTALConfig fields to change, e.g. {"hidden_size": 256}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Ablations of paper table 4.
+    use_mlm: bool = True
+    use_mcam: bool = True
+    # A `save_pretrained` directory to start from (e.g. an export of another run, on
+    # any world size); the optimizer starts fresh.
+    init_from: Path | None = None
+
+
+@dataclass
+class OptimOverrides:
+    """Engine settings that override the DeepSpeed JSON when not None."""
+
+    precision: str | None = None  # fp32 | fp16 | bf16
+    micro_batch_size: int | None = None
+    grad_accum: int | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    grad_clip: float | None = None
+    # Dotted DeepSpeed keys, e.g. ["zero_optimization.stage=3"].
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoopConfig:
+    # Optimizer steps, the unit of every schedule here; None: the DeepSpeed config's
+    # scheduler total_num_steps.
+    steps: int | None = None
+    log_every: int = 10
+    eval_every: int = 0  # 0: no periodic validation
+    eval_batches: int = 0  # per rank (every rank yields the same count); 0: the whole set
+    # Stop cleanly (checkpoint, exit 0) at this step or after this many minutes, so a
+    # schedule can be split across allocations shorter than the run.
+    exit_at_step: int | None = None
+    time_limit_min: float | None = None
+    export_final: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    save_every: int = 1000
+    keep_last: int = 3
+    resume: str = "auto"  # auto | none | path of a checkpoint tag directory
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "ctal-pretrain"
+    run_name: str | None = None
+    # None: MLFLOW_TRACKING_URI if set, else sqlite:///<out>/mlflow.db.
+    uri: str | None = None
+    flush_every: int = 50  # optimizer steps between batched metric uploads
+
+
+@dataclass
+class HealthConfig:
+    # fp16: stop when this many consecutive steps were skipped at min_loss_scale.
+    max_skips_at_min_scale: int = 3
+
+
+@dataclass
+class RunConfig:
+    out: Path
+    deepspeed_config: Path
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimOverrides = field(default_factory=OptimOverrides)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    seed: int = 1234
+    # Peak FLOP/s of one device for utilisation (MFU); None: not reported.
+    peak_flops: float | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

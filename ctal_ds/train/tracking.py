@@ -1,0 +1,204 @@
+"""Experiment tracking: one MLflow run per job, opened by rank 0, plus a local JSONL.
+
+- The store defaults to an embedded `sqlite:///<out>/mlflow.db` (nothing to start;
+  MLflow's file store is deprecated); `MLFLOW_TRACKING_URI` or `--tracking-uri`
+  point elsewhere.
+- Metrics are buffered and sent with `log_batch` every `flush_every` steps: one
+  request per flush, not one per metric per step.
+- A resumed job reattaches to the run id kept in the checkpoint, so its step history
+  continues in the same run.
+- Tracking never stops training: if the server cannot be reached (at start or
+  later), one warning is printed and metrics keep going to `<out>/metrics.jsonl`,
+  which is written on every log step either way.
+- Artifacts are small files (configs, tokenizer, plots, exported weights). ZeRO
+  shards are never uploaded; their paths and hashes go in as tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ctal_ds.train.config import TrackingConfig
+
+# MLflow's limits per log_batch call and per param value.
+_MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LEN = 1000, 100, 6000
+
+
+def default_uri(out: Path) -> str:
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+class NullTracker:
+    """What ranks other than 0 hold: every call is a no-op."""
+
+    run_id: str | None = None
+    active = False
+
+    def start(self, run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+        return run_id
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def flush(self) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class Tracker(NullTracker):
+    def __init__(self, cfg: TrackingConfig, out: Path) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.out / "metrics.jsonl"
+        self.uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(self.out)
+        self.client: Any = None
+        self.run_id: str | None = None
+        self._buffer: list[Any] = []
+        self._last_flush_step = 0
+        self._warned = False
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def _disable(self, what: str, err: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            print(
+                f"[ctal-ds] WARNING: MLflow tracking at {self.uri} failed while {what} "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                f"training continues and metrics are logged only to {self.jsonl}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.client = None
+        self._buffer.clear()
+
+    def start(self, run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+        try:
+            from mlflow import MlflowClient
+            from mlflow.entities import Param
+
+            client = MlflowClient(tracking_uri=self.uri)
+            if run_id is not None:
+                run = client.get_run(run_id)
+                client.update_run(run_id, status="RUNNING")
+                known = run.data.params
+                changed = sorted(k for k, v in params.items() if k in known and known[k] != _param_str(v))
+                params = {k: v for k, v in params.items() if k not in known}
+                if changed:
+                    tags = {**tags, "changed_on_resume": ",".join(changed)[:5000]}
+            else:
+                run = client.create_run(
+                    self._experiment_id(client), run_name=self.cfg.run_name, tags=tags
+                )
+                run_id = run.info.run_id
+            items = [Param(k[:250], _param_str(v)) for k, v in sorted(params.items())]
+            for i in range(0, len(items), _MAX_PARAMS):
+                client.log_batch(run_id, params=items[i : i + _MAX_PARAMS])
+            self.client, self.run_id = client, run_id
+            self.set_tags(tags)
+        except Exception as err:  # any failure of the tracking service must not stop training
+            self.run_id = run_id
+            self._disable("starting the run", err)
+        return self.run_id
+
+    def _experiment_id(self, client: Any) -> str:
+        experiment = client.get_experiment_by_name(self.cfg.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            # Beside the database, not in the current directory (MLflow's default).
+            location = (self.out / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(self.cfg.experiment, artifact_location=location)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        now_ms = int(time.time() * 1000)
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps({"step": step, "time": now_ms / 1000, **metrics}) + "\n")
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        self._buffer.extend(Metric(k, float(v), now_ms, step) for k, v in metrics.items())
+        if step - self._last_flush_step >= self.cfg.flush_every:
+            self.flush()
+            self._last_flush_step = step
+
+    def flush(self) -> None:
+        if self.client is None or not self._buffer:
+            return
+        try:
+            for i in range(0, len(self._buffer), _MAX_METRICS):
+                self.client.log_batch(self.run_id, metrics=self._buffer[i : i + _MAX_METRICS])
+            self._buffer.clear()
+        except Exception as err:
+            self._disable("logging metrics", err)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.client is None or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        except Exception as err:
+            self._disable("setting tags", err)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.client is None:
+            return
+        try:
+            if Path(path).is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as err:
+            self._disable(f"uploading {path}", err)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
+        if self.client is None:
+            return
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as err:
+            self._disable("closing the run", err)
+
+
+def _param_str(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:_MAX_PARAM_LEN]
+
+
+def plot_metrics(jsonl: Path, png: Path, keys: tuple[str, ...]) -> Path | None:
+    """Curves of the given metric keys from the JSONL log, one panel each."""
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    keys = tuple(k for k in keys if any(k in r for r in rows))
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        # A resumed run replays steps after its last checkpoint: keep the newest value.
+        points = {r["step"]: r[key] for r in rows if key in r}
+        steps = sorted(points)
+        ax.plot(steps, [points[s] for s in steps])
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

@@ -1,0 +1,126 @@
+"""Checkpoint directories: completeness marker, resume selection, retention, RNG state."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctal_ds.train.checkpoint import (
+    MARKER,
+    Checkpointer,
+    latest_complete,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
+
+
+class FakeEngine:
+    """Writes files where DeepSpeed would; enough to drive the Checkpointer in one process."""
+
+    def __init__(self, fail_on_save: bool = False) -> None:
+        self.fail_on_save = fail_on_save
+        self.loaded: tuple[str, str] | None = None
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        assert save_latest is False  # `latest` is ours to write, after the marker
+        path = Path(save_dir) / tag
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({"client": client_state}, path / "mp_rank_00_model_states.pt")
+        if self.fail_on_save:
+            raise OSError("disk full")
+
+    def load_checkpoint(self, load_dir, tag, **kwargs):
+        self.loaded = (load_dir, tag)
+        return str(Path(load_dir) / tag), torch.load(Path(load_dir) / tag / "mp_rank_00_model_states.pt")["client"]
+
+
+def make_checkpointer(root: Path, keep_last: int = 2, side_file: Path | None = None) -> Checkpointer:
+    side = {"tokenizer.json": side_file} if side_file else {}
+    return Checkpointer(root, rank=0, world_size=1, keep_last=keep_last, barrier=lambda: None,
+                        side_files=side, side_json={"model_config.json": {"hidden": 8}})  # fmt: skip
+
+
+def test_save_writes_marker_last_with_file_hashes_and_latest(tmp_path):
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"v": 1}')
+    ckpt = make_checkpointer(tmp_path / "ck", side_file=tok)
+    tag_dir = ckpt.save(FakeEngine(), 5, {"step": 5}, {"loader": {"i": 3}})
+    marker = json.loads((tag_dir / MARKER).read_text())
+    assert marker["step"] == 5 and marker["world_size"] == 1
+    assert set(marker["files"]) == {"mp_rank_00_model_states.pt", "rank_state_0.pt", "tokenizer.json",
+                                    "model_config.json"}  # fmt: skip
+    assert all(len(f["sha256"]) == 64 for f in marker["files"].values())
+    assert (tmp_path / "ck" / "latest").read_text() == "global_step5"
+
+
+def test_interrupted_save_leaves_no_marker_and_resume_auto_skips_it(tmp_path):
+    root = tmp_path / "ck"
+    ckpt = make_checkpointer(root)
+    ckpt.save(FakeEngine(), 2, {"step": 2}, {})
+    with pytest.raises(OSError):
+        ckpt.save(FakeEngine(fail_on_save=True), 4, {"step": 4}, {})
+    assert (root / "global_step4").is_dir() and not (root / "global_step4" / MARKER).exists()
+    # A newer tag dir someone else left half-written is ignored too.
+    (root / "global_step9").mkdir()
+    (root / "global_step9" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+    assert resolve_resume("auto", root) == root / "global_step2"
+    assert (root / "latest").read_text() == "global_step2"
+    with pytest.raises(FileNotFoundError, match="interrupted"):
+        resolve_resume(str(root / "global_step9"), root)
+
+
+def test_resume_specs(tmp_path):
+    root = tmp_path / "ck"
+    assert resolve_resume("auto", root) is None  # fresh run
+    ckpt = make_checkpointer(root)
+    ckpt.save(FakeEngine(), 3, {}, {})
+    assert resolve_resume("none", root) is None
+    assert resolve_resume(str(root), tmp_path / "elsewhere") == root / "global_step3"
+    assert resolve_resume(str(root / "global_step3"), root) == root / "global_step3"
+
+
+def test_keep_last_prunes_old_complete_and_stale_incomplete_tags(tmp_path):
+    root = tmp_path / "ck"
+    ckpt = make_checkpointer(root, keep_last=2)
+    (root / "global_step1").mkdir(parents=True)  # interrupted long ago
+    for step in (2, 4, 6):
+        ckpt.save(FakeEngine(), step, {}, {})
+    assert sorted(p.name for p in root.glob("global_step*")) == ["global_step4", "global_step6"]
+    assert latest_complete(root) == root / "global_step6"
+
+
+def test_resaving_a_step_replaces_a_partial_tag_dir(tmp_path):
+    root = tmp_path / "ck"
+    stale = root / "global_step4" / "zero_pp_rank_7_mp_rank_00_optim_states.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from a run with 8 ranks")
+    make_checkpointer(root).save(FakeEngine(), 4, {}, {})
+    assert not stale.exists()
+
+
+def test_load_restores_rank_state_and_rng_and_refuses_other_world_size(tmp_path):
+    root = tmp_path / "ck"
+    ckpt = make_checkpointer(root)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    tag_dir = ckpt.save(FakeEngine(), 7, {"trainer": {"step": 7}}, {"loader": {"batches": 11}})
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    client, rank_state = ckpt.load(FakeEngine(), tag_dir)
+    assert client == {"trainer": {"step": 7}} and rank_state == {"loader": {"batches": 11}}
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    other = Checkpointer(root, 0, 4, 2, lambda: None)
+    with pytest.raises(RuntimeError, match="written by 1 ranks, this job has 4.*--init-from"):
+        other.load(FakeEngine(), tag_dir)
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    first = torch.rand(3)
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), first)

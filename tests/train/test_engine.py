@@ -1,0 +1,285 @@
+"""The trainer around real DeepSpeed engines: 2 gloo processes, the CTAL tiny model.
+
+Each test is one `torch.multiprocessing.spawn` of two ranks (about 10-20 s, mostly
+start-up), so several scenarios share a spawn where they can.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import train_helpers as h
+
+from ctal_ds.train.checkpoint import latest_complete
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+# ZeRO stages ----------------------------------------------------------------------------
+
+
+def _train_each_stage(rank, world, out):
+    cfg = h.tiny_config()
+    losses = {}
+    for stage in (1, 2, 3):
+        engine = h.make_engine(cfg, h.ds_config(stage))
+        trainer = h.make_trainer(engine, h.SyntheticStream(cfg, 0, rank), Path(out) / f"z{stage}", rank, world, 12)
+        trainer.train()
+        losses[stage] = [r["train/loss"] for r in trainer.tracker.rows]
+    return losses
+
+
+def test_zero_stages_1_2_3_train_and_agree(tmp_path):
+    losses = h.run_ranks(_train_each_stage, 2, tmp_path, str(tmp_path))[0]
+    for stage, curve in losses.items():
+        assert len(curve) == 12
+        assert sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3, (stage, curve)
+    # fp32 ZeRO stages partition the same arithmetic differently, nothing more.
+    for stage in ("2", "3"):
+        assert max(abs(a - b) for a, b in zip(losses["1"], losses[stage])) < 1e-4
+
+
+# Gradient accumulation ------------------------------------------------------------------
+
+
+class FixedBatches:
+    """Rank r's samples, cut into batches of `size`: the same samples whatever the size."""
+
+    def __init__(self, cfg, rank: int, size: int, total: int = 24) -> None:
+        gen = torch.Generator().manual_seed(100 + rank)
+        singles = [h.make_batch(cfg, gen, 1, exact_masks=True) for _ in range(total)]
+        self.batches = [_concat(singles[i : i + size]) for i in range(0, total, size)]
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.batches[self.index]
+        self.index += 1
+        return batch
+
+
+def _concat(items):
+    """Pad single-utterance batches to a common length and stack them."""
+    out = {}
+    for key in items[0]:
+        if key == "keys":
+            out[key] = [k for it in items for k in it[key]]
+            continue
+        longest = max(it[key].shape[1] for it in items)
+        pad_value = {"input_ids": h.PAD, "mlm_labels": -100}.get(key, 0)
+        padded = []
+        for it in items:
+            t = it[key]
+            shape = (t.shape[0], longest - t.shape[1], *t.shape[2:])
+            padded.append(torch.cat([t, torch.full(shape, pad_value, dtype=t.dtype)], dim=1))
+        out[key] = torch.cat(padded)
+    return out
+
+
+def _accumulation(rank, world, out):
+    # No dropout: the two runs must see identical arithmetic, not identical RNG draws.
+    cfg = h.tiny_config(dropout=0.0)
+    params = {}
+    # Plain SGD without clipping: Adam would hide a loss divided twice (it normalises
+    # the gradient's scale away).
+    sgd = {"optimizer": {"type": "SGD", "params": {"lr": 0.5}}, "gradient_clipping": 0.0,
+           "zero_allow_untested_optimizer": True}
+    for micro, accum in ((2, 2), (4, 1)):
+        engine = h.make_engine(cfg, h.ds_config(2, micro=micro, accum=accum, **sgd), seed=7)
+        # The losses are means over masked positions of a micro batch, and the engine
+        # averages micro batches: equal to one big batch when every utterance has the
+        # same number of masked positions (exact_masks).
+        stream = FixedBatches(cfg, rank, micro)
+        trainer = h.make_trainer(engine, stream, Path(out) / f"m{micro}", rank, world, 3)
+        trainer.train()
+        assert stream.index == 3 * accum
+        params[micro] = h.params_of(engine)
+    initial = h.params_of(h.make_engine(cfg, h.ds_config(2, **sgd), seed=7))
+    return {"max_diff": h.max_diff(params[2], params[4]), "moved": h.max_diff(params[4], initial)}
+
+
+def test_micro_2_x_accum_2_equals_micro_4_x_accum_1(tmp_path):
+    for result in h.run_ranks(_accumulation, 2, tmp_path, str(tmp_path)):
+        assert result["moved"] > 1e-3  # the weights did change
+        assert result["max_diff"] < 1e-4, result
+
+
+# Kill and resume ---------------------------------------------------------------------------
+
+
+def _resume(rank, world, out):
+    out = Path(out)
+    # Dropout on and batch sizes varying: an exact match needs the RNG states and the
+    # stream position of every rank restored, not only the weights.
+    cfg = h.tiny_config(dropout=0.1)
+    sizes = (4, 2, 3)
+    ds = h.ds_config(2, micro=4, accum=2)
+
+    full = h.make_trainer(h.make_engine(cfg, ds), h.SyntheticStream(cfg, 0, rank, sizes), out / "full", rank, world, 6)
+    full.train()
+
+    first = h.make_trainer(h.make_engine(cfg, ds), h.SyntheticStream(cfg, 0, rank, sizes), out / "cut", rank, world, 6,
+                           exit_at_step=3)  # fmt: skip
+    stopped = first.train()
+    tag_dir = latest_complete(out / "cut" / "checkpoints")
+
+    torch.manual_seed(1234 + rank)  # a different process history before the resume
+    second = h.make_trainer(h.make_engine(cfg, ds, seed=99), h.SyntheticStream(cfg, 0, rank, sizes), out / "cut", rank,
+                            world, 6)  # fmt: skip
+    second.resume(tag_dir)
+    resumed_at = second.step
+    done = second.train()
+    return {
+        "stopped": [stopped.step, stopped.finished, stopped.reason],
+        "tag": tag_dir.name,
+        "resumed_at": resumed_at,
+        "done": [done.step, done.finished],
+        "max_diff": h.max_diff(h.params_of(full.engine), h.params_of(second.engine)),
+        "full_losses": [r["train/loss"] for r in full.tracker.rows],
+        "cut_losses": [r["train/loss"] for r in first.tracker.rows + second.tracker.rows],
+        "stream_index": [full.train_stream.index, second.train_stream.index],
+    }
+
+
+def test_exit_and_resume_equals_uninterrupted_run(tmp_path):
+    for result in h.run_ranks(_resume, 2, tmp_path, str(tmp_path)):
+        assert result["stopped"] == [3, False, "--exit-at-step reached"]
+        assert result["tag"] == "global_step3" and result["resumed_at"] == 3
+        assert result["done"] == [6, True]
+        assert result["stream_index"][0] == result["stream_index"][1] == 12
+        assert result["full_losses"] == pytest.approx(result["cut_losses"], abs=1e-6)
+        assert result["max_diff"] < 1e-6
+
+
+# Health: non-finite loss and fp16 loss-scale collapse ------------------------------------
+
+
+def _health(rank, world, out):
+    from deepspeed.accelerator import get_accelerator
+
+    from ctal_ds.model import CTALForPretraining
+    from ctal_ds.train.health import TrainingDiverged
+
+    out = Path(out)
+    cfg = h.tiny_config(dropout=0.0)
+    report = {}
+
+    # A NaN that only rank 1 sees stops both ranks before the update, at the same step.
+    engine = h.make_engine(cfg, h.ds_config(2))
+    stream = _NaNLoss(h.SyntheticStream(cfg, 0, rank), at=3 if rank == 1 else None)
+    trainer = h.make_trainer(engine, stream, out / "nan", rank, world, 6)
+    try:
+        trainer.train()
+    except TrainingDiverged as err:
+        report["nan"] = str(err)
+    report["nan_step"] = trainer.step
+    report["nan_params_finite"] = all(torch.isfinite(p).all().item() for p in engine.module.parameters())
+    report["nan_checkpoints"] = sorted(p.name for p in (out / "nan" / "checkpoints").glob("global_step*"))
+
+    # fp16 whose gradients overflow at any scale: the scale falls to its floor and the
+    # run stops with a diagnosis. The CPU accelerator's fp16 flag is forced on where
+    # mkldnn lacks fp16: this checks the loss-scaling logic, not fp16 speed.
+    get_accelerator().is_fp16_supported = lambda: True
+
+    class Overflowing(CTALForPretraining):
+        def forward(self, batch):
+            result = super().forward(batch)
+            # d(loss)/d(bias) = 1e5 > fp16 max (65504) even at loss scale 1.
+            result["loss"] = result["loss"] + 1e5 * self.mcam_head.decoder.bias.float().sum()
+            return result
+
+    import deepspeed
+
+    torch.manual_seed(0)
+    model = Overflowing(cfg)
+    fp16 = {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 3, "hysteresis": 1,
+                     "loss_scale_window": 1000, "min_loss_scale": 1}}  # fmt: skip
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=h.ds_config(2, **fp16))
+    trainer = h.make_trainer(engine, h.SyntheticStream(cfg, 0, rank), out / "fp16", rank, world, 10)
+    try:
+        trainer.train()
+    except TrainingDiverged as err:
+        report["fp16"] = str(err)
+    report["fp16_skipped"] = engine.skipped_steps
+    return report
+
+
+class _NaNLoss:
+    """Wraps a stream; at micro step `at` the batch's frames are NaN, so the MCAM loss is."""
+
+    def __init__(self, inner, at: int | None) -> None:
+        self.inner, self.at, self.n = inner, at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.inner)
+        self.n += 1
+        if self.n == self.at:
+            batch["mcam_targets"] = torch.full_like(batch["mcam_targets"], float("nan"))
+        return batch
+
+
+def test_nan_on_one_rank_and_fp16_scale_collapse_stop_every_rank_with_a_diagnosis(tmp_path):
+    for report in h.run_ranks(_health, 2, tmp_path, str(tmp_path)):
+        assert "non-finite mcam_loss at step 3" in report["nan"], report
+        assert report["nan_step"] == 2  # step 3 was not applied
+        assert report["nan_params_finite"]
+        assert report["nan_checkpoints"] == []  # nothing saved on the way out
+        assert "fp16 loss scale collapsed" in report["fp16"], report
+        assert report["fp16_skipped"] >= 3
+
+
+# Export ------------------------------------------------------------------------------------
+
+
+def _train_zero3_and_record_outputs(rank, world, out):
+    out = Path(out)
+    cfg = h.tiny_config()
+    engine = h.make_engine(cfg, h.ds_config(3))
+    trainer = h.make_trainer(engine, h.SyntheticStream(cfg, 0, rank), out, rank, world, 3)
+    trainer.train()
+    batch = h.make_batch(cfg, torch.Generator().manual_seed(5), 3)
+    engine.eval()
+    with torch.no_grad():
+        result = engine(batch)
+    if rank == 0:
+        torch.save(batch, out / "probe_batch.pt")
+    return {k: result[k].item() for k in ("loss", "mlm_loss", "mcam_loss")}
+
+
+LOAD_WITHOUT_DEEPSPEED = """
+import json, sys, torch
+from ctal_ds.model import load_pretrained
+model = load_pretrained(sys.argv[1]).eval()
+assert "deepspeed" not in sys.modules, "export must load without DeepSpeed"
+tied = model.mlm_head.decoder.weight is model.ctal.text_encoder.embeddings.token.weight
+with torch.no_grad():
+    out = model(torch.load(sys.argv[2]))
+print(json.dumps({"tied": tied, **{k: out[k].item() for k in ("loss", "mlm_loss", "mcam_loss")}}))
+"""
+
+
+def test_zero3_export_loads_without_deepspeed_with_same_outputs_and_tied_weights(tmp_path):
+    from ctal_ds.train.export import export_checkpoint
+
+    engine_out = h.run_ranks(_train_zero3_and_record_outputs, 2, tmp_path, str(tmp_path))[0]
+    tag_dir = latest_complete(tmp_path / "checkpoints")
+    assert tag_dir.name == "global_step3"
+    export_dir = export_checkpoint(tag_dir, tmp_path / "export")
+    assert json.loads((export_dir / "export.json").read_text())["step"] == 3
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_DEEPSPEED, str(export_dir), str(tmp_path / "probe_batch.pt")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    exported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert exported.pop("tied") is True
+    assert exported == pytest.approx(engine_out, abs=1e-5)

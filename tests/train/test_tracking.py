@@ -1,0 +1,79 @@
+"""MLflow tracking against a real embedded sqlite store, and an unreachable server."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from ctal_ds.train.config import TrackingConfig
+from ctal_ds.train.tracking import Tracker, default_uri, plot_metrics
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again on exit: nothing listens there
+
+
+def test_run_gets_params_batched_metrics_artifacts_and_resumes_into_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig(experiment="exp", run_name="r1", flush_every=2)
+    tracker = Tracker(cfg, tmp_path)
+    assert tracker.uri == default_uri(tmp_path)
+    run_id = tracker.start(None, {"run.lr": 0.1, "ds.zero_optimization.stage": 2, "run.tags": [1, 2]}, {"host": "h"})
+    for step in (1, 2, 3):
+        tracker.log_metrics(step, {"train/loss": 1.0 / step})
+    artifact = tmp_path / "cfg.json"
+    artifact.write_text("{}")
+    tracker.log_artifact(artifact, "config")
+    tracker.finish("KILLED")  # pre-empted
+
+    resumed = Tracker(cfg, tmp_path)
+    assert resumed.start(run_id, {"run.lr": 0.1, "run.new": "x", "run.resume": "auto"}, {}) == run_id
+    for step in (4, 5):
+        resumed.log_metrics(step, {"train/loss": 1.0 / step})
+    resumed.finish("FINISHED")
+
+    client = mlflow.MlflowClient(default_uri(tmp_path))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r1"
+    assert run.data.params["run.lr"] == "0.1" and run.data.params["ds.zero_optimization.stage"] == "2"
+    assert run.data.params["run.tags"] == "[1, 2]" and run.data.params["run.new"] == "x"
+    assert run.data.tags["host"] == "h"
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert [a.path for a in client.list_artifacts(run_id, "config")] == ["config/cfg.json"]
+    # Artifacts sit beside the database, not in the working directory.
+    assert (tmp_path / "mlartifacts").is_dir()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+
+
+def test_unreachable_server_warns_once_and_keeps_logging_locally(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{closed_port()}", flush_every=1)
+    tracker = Tracker(cfg, tmp_path)
+    assert tracker.start(None, {"a": 1}, {}) is None
+    assert not tracker.active
+    for step in range(1, 4):
+        tracker.log_metrics(step, {"train/loss": float(step)})
+    tracker.log_artifact(tmp_path / "metrics.jsonl")
+    tracker.finish()
+    err = capsys.readouterr().err
+    assert err.count("WARNING: MLflow tracking at http://127.0.0.1") == 1
+    assert "metrics.jsonl" in err
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_plot_keeps_the_newest_value_of_a_replayed_step(tmp_path):
+    jsonl = tmp_path / "m.jsonl"
+    rows = [{"step": 1, "train/loss": 3.0}, {"step": 2, "train/loss": 2.0}, {"step": 2, "train/loss": 2.5}]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_metrics(jsonl, tmp_path / "p.png", ("train/loss", "absent"))
+    assert png.stat().st_size > 1000
+    assert plot_metrics(jsonl, tmp_path / "q.png", ("absent",)) is None
