@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -126,6 +127,15 @@ def _passthrough(item: StreamItem) -> StreamItem:
     return item
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn. SLURM delivers scancel's and pre-emption's SIGTERM to
+    every process of a job step, workers included; a worker dying of it would make the
+    rank raise instead of saving its checkpoint. The rank alone decides when to stop;
+    its workers end with it (torch's workers also watch for their parent's exit)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def _data_loader(dataset: torch.utils.data.IterableDataset, config: LoaderConfig) -> torch.utils.data.DataLoader:
     # No persistent_workers: the training iterator never ends, so its workers live as
     # long as the job; an evaluation pass forks its workers afresh, which costs well
@@ -136,6 +146,7 @@ def _data_loader(dataset: torch.utils.data.IterableDataset, config: LoaderConfig
         batch_size=None,
         collate_fn=_passthrough,
         num_workers=config.num_workers,
+        worker_init_fn=_ignore_stop_signals if config.num_workers > 0 else None,
         prefetch_factor=config.prefetch_factor if config.num_workers > 0 else None,
         pin_memory=pin,
     )

@@ -242,3 +242,25 @@ def test_shards_given_as_paths_or_brace_pattern_stream_like_the_manifest(tmp_pat
         for source in (tmp_path, [str(p) for p in fixture.paths], pattern)
     ]
     assert streams[0] == streams[1] == streams[2]
+
+
+def test_workers_outlive_the_sigterm_slurm_sends_to_every_process_of_a_job(tmp_path):
+    # scancel and pre-emption signal every process of a job step; the rank handles the
+    # signal (checkpoint, then exit), so its workers must not die of it first.
+    import signal
+
+    import psutil
+
+    write_shards(tmp_path, [9, 12, 10, 7])
+    loader = build_pretrain_loader(tmp_path, config(num_workers=2), COLLATOR, 0, 1)
+    uninterrupted = take(build_pretrain_loader(tmp_path, config(num_workers=2), COLLATOR, 0, 1), 8)
+    stream = iter(loader)
+    got = [next(stream) for _ in range(2)]
+    workers = psutil.Process().children()
+    assert len(workers) >= 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR1)
+    got += [next(stream) for _ in range(6)]
+    loader.close()
+    assert_batches_equal(got, uninterrupted)
