@@ -199,3 +199,57 @@ def test_stop_kills_daemons_steps_and_jobs_even_when_the_controller_died(tmp_pat
         # Without a controller, scancel cannot reach the job; stop() must still clean up.
         os.kill(cluster.pids["slurmctld"], signal.SIGKILL)
     assert cluster.leftover_pids() == []
+
+
+def _fake_apt(tmp_path, monkeypatch, works_after_update: bool):
+    """An apt-get that records its calls and, on a successful install, puts stub SLURM and
+    munge binaries in the only directory searched: a machine without them, as CI starts."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "apt-calls"
+    bin_dir.mkdir()
+    names = " ".join(cluster_module.DAEMONS + cluster_module.CLIENTS)
+    can_install = f"[ -f {tmp_path}/updated ]" if works_after_update else "false"
+    _write_script(
+        bin_dir / "apt-get",
+        f"""
+        echo "$*" >> {calls}
+        case "$*" in
+            *update*) touch {tmp_path}/updated ;;
+            *install*)
+                {can_install} || {{ echo "E: Unable to locate package slurmctld" >&2; exit 100; }}
+                for name in {names}; do
+                    printf '#!/bin/sh\\n' > {bin_dir}/$name && chmod +x {bin_dir}/$name
+                done ;;
+        esac
+        """,
+    ).chmod(0o755)
+    monkeypatch.setattr(cluster_module, "_SEARCH_PATH", str(bin_dir))
+    monkeypatch.setattr(cluster_module, "_INSTALL_LOCK", tmp_path / "apt.lock")
+    monkeypatch.setattr(cluster_module.os, "geteuid", lambda: 0)
+    install = "-o DPkg::Lock::Timeout=300 install -y --no-install-recommends " + " ".join(
+        cluster_module.PACKAGES
+    )
+    return bin_dir, calls, install
+
+
+def test_missing_packages_are_installed_after_fetching_package_lists(tmp_path, monkeypatch):
+    bin_dir, calls, install = _fake_apt(tmp_path, monkeypatch, works_after_update=True)
+    cluster = LoopbackSlurmCluster(tmp_path / "c")
+    cluster.install_packages()
+    # Fresh machines often have no package lists: the first install fails, update, retry.
+    assert calls.read_text().splitlines() == [install, "update", install]
+    assert {os.path.dirname(path) for path in cluster._bin.values()} == {str(bin_dir)}
+
+
+def test_packages_that_cannot_be_installed_make_the_cluster_unavailable(tmp_path, monkeypatch):
+    _, calls, install = _fake_apt(tmp_path, monkeypatch, works_after_update=False)
+    with pytest.raises(ClusterUnavailable, match="Unable to locate package slurmctld"):
+        LoopbackSlurmCluster(tmp_path / "c").install_packages()
+    assert calls.read_text().splitlines() == [install, "update", install]
+
+
+def test_missing_packages_without_root_make_the_cluster_unavailable(tmp_path, monkeypatch):
+    _fake_apt(tmp_path, monkeypatch, works_after_update=True)
+    monkeypatch.setattr(cluster_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterUnavailable, match="not root"):
+        LoopbackSlurmCluster(tmp_path / "c").install_packages()
+    assert not (tmp_path / "apt-calls").exists()
