@@ -6,8 +6,10 @@ update k uses the lr of iteration k-2 (and update 1 the initial lr). With
 warmup alike (DESIGN section 5 saw it with log); `WarmupCosineLR` gives lr 0 to the
 first update whatever its `warmup_min_ratio`. Starting the scheduler at iteration 1
 gives update k the lr of iteration k: a linear warmup reaches its peak exactly at
-update `warmup_num_steps`, and with `WarmupDecayLR`'s end moved one step past the run,
-the last update's lr is not 0 either (the cosine schedule ends at `cos_min_ratio`).
+update `warmup_num_steps`. The decay's end is moved one step past the run: the last
+update of `WarmupDecayLR` is not at lr 0, and `WarmupCosineLR` reaches `cos_min_ratio`
+at the last update, not one update earlier (its progress is clamped at the end, so the
+last two updates would share the floor).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def align_warmup(engine: Any, steps: int) -> bool:
     scheduler = engine.lr_scheduler
     if not isinstance(scheduler, (WarmupLR, WarmupCosineLR)):
         return False
-    if isinstance(scheduler, WarmupDecayLR):
+    if isinstance(scheduler, (WarmupDecayLR, WarmupCosineLR)):
         scheduler.total_num_steps = steps + 1
     scheduler.step(1)
     return True

@@ -113,9 +113,12 @@ class Tracker(NullTracker):
         if experiment is not None:
             return experiment.experiment_id
         location = None
-        if self.uri.startswith("sqlite:"):
-            # Beside the database, not in the current directory (MLflow's default).
-            location = (self.out / "mlartifacts").resolve().as_uri()
+        if self.uri.startswith("sqlite:///"):
+            # Beside the database, not in the current directory (MLflow's default), and
+            # not in this run's folder either: runs of other folders (fine-tune folds,
+            # ablation variants) share the store and its experiments.
+            database = Path(self.uri[len("sqlite:///") :])
+            location = (database.parent / "mlartifacts").resolve().as_uri()
         return client.create_experiment(self.cfg.experiment, artifact_location=location)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:

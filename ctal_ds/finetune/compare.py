@@ -1,0 +1,164 @@
+"""Runs of the tracking store side by side: one table row per fine-tune, bar charts per metric.
+
+Every fine-tune run is tagged ``task``, ``variant``, ``init``, ``fold``, ``fraction`` and
+``role``: ``result`` for a run whose test metrics are the reported ones (a single-split
+task, one chosen fold, or the average over IEMOCAP's folds), ``fold`` for the per-fold
+runs behind an average. Test metrics are logged as ``test/<metric>``; for the average
+over folds ``test/<metric>`` is the mean and ``test/<metric>_std`` the spread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+# The numbers of paper tables 1-4, per task, in the order shown.
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "emotion": ("wa", "ua"),
+    "sentiment": ("acc2", "f1", "mae", "pearson_r"),
+    "speaker": ("eer", "min_dcf", "centroid_eer"),
+}
+LOWER_IS_BETTER = {"mae", "eer", "min_dcf", "centroid_eer"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    experiment: str
+    task: str
+    variant: str
+    init: str
+    fold: str
+    fraction: float
+    role: str
+    status: str
+    start_time: int
+    metrics: dict[str, float]
+
+
+def load_runs(uri: str, experiments: Sequence[str] = (), include_folds: bool = False) -> list[RunRow]:
+    """Fine-tune runs of the store at ``uri`` (all experiments whose runs carry a task tag
+    when ``experiments`` is empty), oldest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if experiments:
+        found = [client.get_experiment_by_name(name) for name in experiments]
+        missing = [n for n, e in zip(experiments, found) if e is None]
+        if missing:
+            raise LookupError(f"no experiment named {missing} in {uri}")
+    else:
+        found = client.search_experiments()
+    ids = [e.experiment_id for e in found]
+    if not ids:
+        return []
+    names = {e.experiment_id: e.name for e in found}
+    query = "tags.task != ''" if include_folds else "tags.role = 'result'"
+    rows = []
+    for run in _all_runs(client, ids, query):
+        tags = run.data.tags
+        rows.append(
+            RunRow(
+                run.info.run_id, names[run.info.experiment_id], tags.get("task", ""), tags.get("variant", ""),
+                tags.get("init", ""), tags.get("fold", ""), float(tags.get("fraction", 1.0)), tags.get("role", ""),
+                run.info.status, run.info.start_time or 0,
+                {k[5:]: v for k, v in run.data.metrics.items() if k.startswith("test/")},
+            )
+        )  # fmt: skip
+    return sorted(rows, key=lambda r: (r.task, r.start_time))
+
+
+def _all_runs(client, experiment_ids: list[str], query: str):
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def markdown_table(rows: Sequence[RunRow]) -> str:
+    """One table per task (their metrics differ), rows in run order."""
+    out = []
+    for task in sorted({r.task for r in rows}):
+        metrics = KEY_METRICS.get(task) or tuple(sorted({k for r in rows if r.task == task for k in r.metrics}))
+        header = ["variant", "init", "fold", "fraction", "status", *metrics, "run"]
+        out += [f"### {task}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for r in (r for r in rows if r.task == task):
+            cells = [r.variant, _short(r.init), r.fold, f"{r.fraction:g}", r.status.lower()]
+            cells += [_fmt(r.metrics.get(m)) for m in metrics] + [r.run_id[:8]]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _short(path: str) -> str:
+    parts = Path(path).parts
+    return path if len(parts) <= 2 else str(Path(*parts[-2:]))
+
+
+def write_csv(rows: Sequence[RunRow], path: Path) -> Path:
+    import csv
+
+    metric_names = sorted({k for r in rows for k in r.metrics})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "variant", "init", "fold", "fraction", "role", "status", "run_id", *metric_names])
+        for r in rows:
+            writer.writerow([r.task, r.variant, r.init, r.fold, r.fraction, r.role, r.status, r.run_id,
+                             *[r.metrics.get(m, "") for m in metric_names]])  # fmt: skip
+    return path
+
+
+def bar_charts(rows: Sequence[RunRow], out_dir: Path) -> list[Path]:
+    """Per task and key metric, one bar per variant (mean over its full-data runs; the
+    error bar is the spread over runs or over folds when there is one)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    written = []
+    for task in sorted({r.task for r in rows}):
+        task_rows = [r for r in rows if r.task == task and r.fraction == 1.0 and r.status == "FINISHED"]
+        for metric in KEY_METRICS.get(task, ()):
+            values: dict[str, list[float]] = defaultdict(list)
+            spread: dict[str, list[float]] = defaultdict(list)
+            for r in task_rows:
+                if metric in r.metrics:
+                    values[r.variant].append(r.metrics[metric])
+                    if f"{metric}_std" in r.metrics:
+                        spread[r.variant].append(r.metrics[f"{metric}_std"])
+            if not values:
+                continue
+            variants = list(values)
+            means = [sum(values[v]) / len(values[v]) for v in variants]
+            errors = [_spread(values[v], spread[v]) for v in variants]
+            fig = Figure(figsize=(1.1 * len(variants) + 2.5, 3.4))
+            ax = fig.add_subplot()
+            ax.bar(range(len(variants)), means, yerr=errors, capsize=4, color="C0")
+            ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+            better = "lower" if metric in LOWER_IS_BETTER else "higher"
+            ax.set(ylabel=metric, title=f"{task}: test {metric} ({better} is better)")
+            ax.grid(axis="y", alpha=0.3)
+            path = Path(out_dir) / f"{task}_{metric}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            FigureCanvasAgg(fig)
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            written.append(path)
+    return written
+
+
+def _spread(values: list[float], stds: list[float]) -> float:
+    if len(values) > 1:
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    finite = [s for s in stds if not math.isnan(s)]
+    return finite[0] if finite else 0.0

@@ -1,0 +1,133 @@
+"""The configuration of one fine-tune: a tree of typed dataclasses, like pre-training's.
+
+The engine part is pre-training's own (``ctal_ds.train.config``): the DeepSpeed JSON
+owns ZeRO stage, precision and optimizer; ``OptimOverrides`` change lr, batch and
+clipping from the command line; ``LoopConfig``, ``CheckpointConfig``,
+``TrackingConfig`` and ``HealthConfig`` mean what they mean there. Fine-tuning adds the
+task data, the starting point, the head (the ablation switches) and the test protocol.
+
+Defaults follow the paper's fine-tuning (section 4.2.1): AdamW at lr 1e-5, batch 4,
+20 epochs, cosine annealing over the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctal_ds.finetune.model import HeadSettings
+from ctal_ds.finetune.reports.base import ReportSettings
+from ctal_ds.train.config import (
+    CheckpointConfig,
+    ConfigError,
+    HealthConfig,
+    LoopConfig,
+    OptimOverrides,
+    TrackingConfig,
+    plain,
+)
+
+SCHEDULES = ("cosine", "config")
+
+
+@dataclass
+class TaskDataConfig:
+    task: str  # emotion | sentiment | speaker
+    shards: Path
+    # "all", or one split name / number: 3 and fold3 both name IEMOCAP's third fold.
+    fold: str = "all"
+    fraction: float = 1.0  # of each training split (nested subsets, data-efficiency curves)
+    subset_seed: int = 0
+    eval_batch_size: int = 16
+    # TaskSpec settings, e.g. {"dev_fraction": 0.1} (see ctal_ds/tasks).
+    task_settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InitConfig:
+    # A save_pretrained directory, a ZeRO checkpoint or a pre-training run directory.
+    init: Path | None = None
+    # Fresh weights: the architecture of `init` when given, else `preset` sized to the shards.
+    scratch: bool = False
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """What the run started from, for tracking: a path or ``scratch``."""
+        return "scratch" if self.scratch else str(self.init)
+
+
+@dataclass
+class FinetuneConfig:
+    out: Path
+    deepspeed_config: Path
+    data: TaskDataConfig
+    init: InitConfig = field(default_factory=InitConfig)
+    head: HeadSettings = field(default_factory=HeadSettings)
+    # A name grouping runs for comparison (launch/compare.py); derived when empty.
+    variant: str = ""
+    epochs: int = 20
+    # cosine: DeepSpeed's WarmupCosineLR spanning the whole run, stepped per optimizer
+    # step; config: the JSON's own scheduler section.
+    schedule: str = "cosine"
+    warmup_min_ratio: float = 0.0
+    cos_min_ratio: float = 0.0001
+    optim: OptimOverrides = field(default_factory=lambda: OptimOverrides(lr=1e-5))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(log_every=10, export_final=False))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(save_every=0, keep_last=1))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    seed: int = 1234
+    peak_flops: float | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def default_variant(self) -> str:
+        """``pretrained`` or ``scratch``, plus the head switches that differ from CTAL's."""
+        parts = ["scratch" if self.init.scratch else "pretrained"]
+        if not self.head.fusion:
+            parts.append("no_fusion")
+        if self.head.orthogonal_weight == 0 and self.head.modality == "both":
+            parts.append("no_orth")
+        if self.head.modality != "both":
+            parts.append(f"{self.head.modality}_only")
+        return "+".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(dataclasses.asdict(self))
+
+
+def validate(cfg: FinetuneConfig) -> None:
+    """Checks that need no compute: fail before DeepSpeed starts anything."""
+    from ctal_ds.tasks import TASKS
+
+    if cfg.data.task not in TASKS:
+        raise ConfigError(f"--task must be one of {sorted(TASKS)}, got {cfg.data.task!r}")
+    if not (cfg.data.shards / "manifest.json").is_file():
+        raise ConfigError(f"--shards {cfg.data.shards}: no manifest.json there; build the task shards first")
+    if not cfg.deepspeed_config.is_file():
+        raise ConfigError(f"--deepspeed_config {cfg.deepspeed_config}: no such file")
+    if cfg.init.init is None and not cfg.init.scratch:
+        raise ConfigError("give --init (a pre-trained model or checkpoint) or --scratch")
+    if cfg.init.init is not None and not cfg.init.init.exists():
+        raise ConfigError(f"--init {cfg.init.init}: no such file or directory")
+    if not 0.0 < cfg.data.fraction <= 1.0:
+        raise ConfigError(f"--fraction must be in (0, 1], got {cfg.data.fraction}")
+    if cfg.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.head.orthogonal_weight < 0:
+        raise ConfigError("--orthogonal-weight must be >= 0")
+    if cfg.head.modality not in ("both", "audio", "text"):
+        raise ConfigError(f"--modality must be both, audio or text, got {cfg.head.modality!r}")
+    if cfg.checkpoint.keep_last < 1:
+        raise ConfigError("--keep-last must be at least 1")
+    if cfg.report.trials is not None and not cfg.report.trials.is_file():
+        raise ConfigError(f"--trials {cfg.report.trials}: no such file")

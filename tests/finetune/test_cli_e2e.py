@@ -1,0 +1,82 @@
+"""The launch scripts as users run them: finetune over all folds, evaluate an export,
+ablate with data fractions, compare the store they wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import finetune_runs as runs
+import pytest
+import torch
+
+from ctal_ds.model import CTALConfig, CTALForPretraining
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+COMMON = ["--epochs", "1", "--lr", "3e-3", "--micro-batch-size", "4", "--log-every", "5"]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, str(runs.REPO / "launch" / f"{script}.py"), *args], env=env,
+                          cwd=runs.REPO, capture_output=True, text=True, timeout=500)  # fmt: skip
+
+
+def test_emotion_over_all_folds_then_evaluate_one_fold_export(emotion_shards, tmp_path):
+    out = tmp_path / "emotion"
+    done = run("finetune", "--task", "emotion", "--shards", str(emotion_shards), "--scratch", "--out", str(out),
+               "--task-setting", "dev_fraction=0.25", *COMMON)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    folds = [s["metrics"] for s in results["splits"]]
+    assert [s["split"] for s in results["splits"]] == [f"fold{k}" for k in range(1, 6)]
+    assert results["metrics"]["ua"] == pytest.approx(sum(f["ua"] for f in folds) / 5)
+    assert (out / "confusion_all_folds.png").is_file() and (out / "fold3" / "confusion.png").is_file()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    found = client.search_runs([client.get_experiment_by_name("ctal-emotion").experiment_id])
+    assert sorted(r.data.tags["fold"] for r in found) == ["all", "fold1", "fold2", "fold3", "fold4", "fold5"]
+    (summary,) = [r for r in found if r.data.tags["role"] == "result"]
+    assert summary.data.metrics["test/ua"] == pytest.approx(results["metrics"]["ua"])
+    assert "test/ua_std" in summary.data.metrics and summary.info.run_id == results["run_id"]
+
+    evaluated = run("evaluate", "--task", "emotion", "--model", str(out / "fold3"), "--fold", "3", "--shards",
+                    str(emotion_shards), "--task-setting", "dev_fraction=0.25", "--out", str(tmp_path / "eval"),
+                    "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}")  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scored = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["metrics"]
+    assert scored == pytest.approx(results["splits"][2]["metrics"], abs=1e-6)
+
+
+def test_ablation_with_fractions_writes_one_table_curves_and_a_comparable_store(sentiment_shards, tmp_path):
+    torch.manual_seed(0)
+    pretrained = CTALForPretraining(CTALConfig.preset("tiny", vocab_size=64)).save_pretrained(
+        tmp_path / "pretrained", tokenizer_file=sentiment_shards / "tokenizer.json")
+    out = tmp_path / "ablate"
+    done = run("ablate", "--task", "sentiment", "--shards", str(sentiment_shards), "--init", str(pretrained),
+               "--variants", "pretrained,scratch", "--fractions", "0.5,1", "--out", str(out), *COMMON)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "ablation.md").read_text()
+    assert table.count("| pretrained | CTAL |") == 2 and table.count("| scratch | w/o pre-training |") == 2
+    assert {p.name for p in (out / "plots").iterdir()} >= {"data_efficiency_sentiment_mae.png"}
+    assert json.loads((out / "sentiment" / "scratch-f0.5" / "mosei" / "results.json").read_text())["finished"]
+
+    compared = run("compare", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--out", str(tmp_path / "cmp"))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    rows = [line for line in compared.stdout.splitlines() if line.startswith("| pretrained") or line.startswith("| scratch")]
+    assert len(rows) == 4 and any("| 0.5 |" in r for r in rows)
+    assert (tmp_path / "cmp" / "sentiment_mae.png").is_file()
+
+
+def test_a_bad_configuration_fails_at_once_with_exit_2(sentiment_shards, tmp_path):
+    done = run("finetune", "--task", "sentiment", "--shards", str(sentiment_shards), "--out", str(tmp_path))
+    assert done.returncode == 2 and "give --init" in done.stderr
+    done = run("ablate", "--task", "sentiment", "--shards", str(sentiment_shards), "--variants", "no_mlm",
+               "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 2 and "--init-no-mlm" in done.stderr
