@@ -127,13 +127,25 @@ def _passthrough(item: StreamItem) -> StreamItem:
     return item
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn. SLURM delivers scancel's and pre-emption's SIGTERM to
-    every process of a job step, workers included; a worker dying of it would make the
-    rank raise instead of saving its checkpoint. The rank alone decides when to stop;
-    its workers end with it (torch's workers also watch for their parent's exit)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# How long a worker outlives a SIGTERM: enough for its rank to finish the step and
+# checkpoint, short enough that a process exiting on an error path (which terminates
+# and then joins its daemonic workers) is not held up for long.
+WORKER_TERM_GRACE_S = 30
+
+
+def _arm_exit_timer(signum: int, frame: Any) -> None:
+    signal.alarm(WORKER_TERM_GRACE_S)  # SIGALRM's default action ends the worker
+
+
+def _defer_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn. SLURM delivers scancel's and pre-emption's SIGTERM
+    (and ``scancel --signal=USR1`` without --batch) to every process of a job step,
+    workers included; a worker dying of it at once would make the rank raise instead
+    of finishing its step and saving a checkpoint. The rank alone decides when to stop:
+    workers ignore USR1 and leave WORKER_TERM_GRACE_S after a TERM. A normal shutdown
+    (loader.close(), which the trainer calls) ends them without any signal."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _arm_exit_timer)
 
 
 def _data_loader(dataset: torch.utils.data.IterableDataset, config: LoaderConfig) -> torch.utils.data.DataLoader:
@@ -146,7 +158,7 @@ def _data_loader(dataset: torch.utils.data.IterableDataset, config: LoaderConfig
         batch_size=None,
         collate_fn=_passthrough,
         num_workers=config.num_workers,
-        worker_init_fn=_ignore_stop_signals if config.num_workers > 0 else None,
+        worker_init_fn=_defer_stop_signals if config.num_workers > 0 else None,
         prefetch_factor=config.prefetch_factor if config.num_workers > 0 else None,
         pin_memory=pin,
     )

@@ -259,6 +259,10 @@ class Trainer:
                     break
         finally:
             bar.close()
+            # Stop the loader's workers now, while the process can still join them.
+            if hasattr(self.train_stream, "close"):
+                self.train_stream.close()
+            self._train_iter = None
         finished = self.step >= total
         reason = "finished" if finished else self.stop.describe(code)
         if self.rank == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -262,5 +263,34 @@ def test_workers_outlive_the_sigterm_slurm_sends_to_every_process_of_a_job(tmp_p
         os.kill(worker.pid, signal.SIGTERM)
         os.kill(worker.pid, signal.SIGUSR1)
     got += [next(stream) for _ in range(6)]
-    loader.close()
     assert_batches_equal(got, uninterrupted)
+    assert all(w.is_running() for w in workers)
+    loader.close()
+    psutil.wait_procs(workers, timeout=15)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_terminated_worker_leaves_after_the_grace_period(monkeypatch, tmp_path):
+    # The other side of the deferral: a worker the parent terminates (multiprocessing
+    # does so at interpreter exit) must still go, or the parent's final join hangs.
+    import signal
+
+    import psutil
+
+    from ctal_ds.data import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "WORKER_TERM_GRACE_S", 1)
+    write_shards(tmp_path, [9, 12])
+    loader = build_pretrain_loader(tmp_path, config(num_workers=2), COLLATOR, 0, 1)
+    stream = iter(loader)
+    next(stream)
+    workers = psutil.Process().children()
+    # torch reports a dead worker from its SIGCHLD handler or on the next fetch.
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGTERM)
+        for _ in range(100):
+            next(stream)
+            time.sleep(0.1)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert len(gone) == len(workers) and not alive

@@ -92,6 +92,12 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+# What a launcher sets for torch.distributed; never inherited by a job.
+DISTRIBUTED_VARS = frozenset(
+    {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE"}
+)
+
+
 def pick_free_ports(count: int, rng: random.Random | None = None) -> list[int]:
     """``count`` distinct loopback ports that nothing listens on right now."""
     rng = rng or random.Random()
@@ -480,6 +486,8 @@ class LoopbackSlurmCluster:
 
         SLURM variables inherited from an enclosing job are dropped: srun run from
         inside a job would otherwise attach to that job's allocation on another cluster.
+        So are the torch.distributed rendezvous variables of this process (a test that
+        started a process group in it exports them): jobs find their ranks from SLURM.
         With ``with_python`` the running interpreter's bin directory leads PATH, as after
         activating the virtualenv, so ``python`` in batch scripts and srun steps is ours.
         """
@@ -487,6 +495,7 @@ class LoopbackSlurmCluster:
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SINFO_"))
+            and k not in DISTRIBUTED_VARS
         }
         env["SLURM_CONF"] = str(self.conf_path)
         path = env.get("PATH", os.defpath)
