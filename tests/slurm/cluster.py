@@ -138,7 +138,7 @@ class LoopbackSlurmCluster:
         cpus_per_node: int = 2,
         ports: Sequence[int] | None = None,
         partition: str = "debug",
-        kill_wait: int = 5,
+        kill_wait: int = 30,
         start_timeout: float = 60.0,
     ):
         if ports is not None and len(ports) != len(nodes) + 1:
@@ -341,8 +341,10 @@ class LoopbackSlurmCluster:
             "SlurmdParameters=config_overrides",
             # Completed jobs stay visible to scontrol (there is no accounting daemon).
             "MinJobAge=3600",
-            # Seconds between SIGTERM and SIGKILL when a job is cancelled or requeued;
-            # production's default is 30, short here so tests do not idle.
+            # Seconds between SIGTERM and SIGKILL when a job is cancelled or requeued:
+            # production's default. A rank's checkpoint and exit after TERM take several
+            # seconds on a busy machine (most of it the interpreter's shutdown), so a
+            # shorter grace period kills jobs that would exit cleanly on a real cluster.
             f"KillWait={self.kill_wait}",
             "InactiveLimit=0",
             "SlurmdTimeout=60",
@@ -463,7 +465,8 @@ class LoopbackSlurmCluster:
             if not job_ids:
                 return
             self.run(["scancel", "--full", *job_ids], check=False, timeout=15)
-            deadline = time.monotonic() + 20
+            # Jobs that ignore TERM end only at SIGKILL, KillWait seconds later.
+            deadline = time.monotonic() + self.kill_wait + 15
             while self._queued_job_ids() and time.monotonic() < deadline:
                 time.sleep(0.5)
         except subprocess.TimeoutExpired:

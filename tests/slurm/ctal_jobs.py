@@ -96,6 +96,25 @@ def wait_for_step(cluster, job: int, out: Path, step: int, log: Path, timeout: f
         time.sleep(0.2)
 
 
+def wait_cancelled(cluster, job: int) -> dict[str, str]:
+    """Until a cancelled job has ended (CANCELLED once all its processes are gone): SLURM
+    sends SIGKILL KillWait seconds after TERM, and a loaded machine needs a while more."""
+    return cluster.wait_job(job, states={"CANCELLED"}, timeout=cluster.kill_wait + 60)
+
+
+def assert_exited_before_kill(cluster, log: Path, since: float) -> str:
+    """The job log once the batch shell has seen its srun step end by itself after TERM,
+    i.e. before SIGKILL; ``since`` is when the job was cancelled (time.monotonic())."""
+    text = read_log(log)
+    took = time.monotonic() - since
+    assert "step exited with" in text, (
+        f"the ranks did not exit within KillWait ({cluster.kill_wait} s) of TERM, so SLURM "
+        f"killed the job ({took:.0f} s after scancel):\n{text[-3000:]}"
+    )
+    print(f"scancel to the end of the job: {took:.1f} s (KillWait {cluster.kill_wait} s)")
+    return text
+
+
 def final_weights(checkpoints: Path, step: int):
     """The fp32 master weights of checkpoint ``global_step<step>``, gathered from every
     rank's ZeRO partition (what launch/export.py writes out)."""

@@ -9,6 +9,7 @@ again. Both interrupted runs must end with the reference's weights.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from . import ctal_jobs as jobs
-from .cluster import wait_for_text
 from .conftest import made_once, slurm_turn
 
 pytestmark = pytest.mark.timeout(900)
@@ -159,7 +159,7 @@ def test_scancel_mid_checkpoint_leaves_the_previous_checkpoint_to_resume_from(
     # TERM first (the trainer only notes it), SIGKILL after KillWait: that is what cuts
     # a write short, and a cancelled job must stay cancelled.
     slurm_cluster.cancel(job)
-    info = slurm_cluster.wait_job(job, states={"CANCELLED"}, timeout=60)
+    info = jobs.wait_cancelled(slurm_cluster, job)
     assert info["Restarts"] == "0", jobs.tail(log)
     assert not (checkpoints / stalled_tag / "complete.json").exists()
     truncated = Path(flag.read_text().strip())
@@ -182,15 +182,24 @@ def test_scancel_mid_checkpoint_leaves_the_previous_checkpoint_to_resume_from(
     assert gap <= WEIGHT_TOLERANCE
 
 
+def test_cancelled_jobs_get_the_production_kill_wait(slurm_cluster):
+    """The scancel tests measure the ranks against the grace period a real cluster gives
+    them (KillWait, 30 s by default), not a shorter one."""
+    config = slurm_cluster.run(["scontrol", "show", "config"]).stdout
+    lines = [line for line in config.splitlines() if line.startswith("KillWait")]
+    assert re.fullmatch(r"KillWait\s*=\s*30 sec", lines[0].strip() if lines else ""), lines
+
+
 def test_plain_scancel_checkpoints_at_the_next_step_boundary(slurm_cluster, demo_shards, tmp_path):
     out, log = tmp_path / "run", tmp_path / "job.log"
     args = ARGS.replace(f"--steps {STEPS}", "--steps 5000")
     job = slurm_cluster.sbatch(jobs.PRETRAIN_SBATCH, options=[*jobs.CPU_OPTIONS, f"--output={log}"],
                                env=jobs.pretrain_env(demo_shards, out, args), cwd=tmp_path)  # fmt: skip
     jobs.wait_for_step(slurm_cluster, job, out, 5, log)
+    cancelled = time.monotonic()
     slurm_cluster.cancel(job)
-    info = slurm_cluster.wait_job(job, states={"CANCELLED"}, timeout=60)
-    text = wait_for_text(log, "step exited with", timeout=60)
+    info = jobs.wait_cancelled(slurm_cluster, job)
+    text = jobs.assert_exited_before_kill(slurm_cluster, log, cancelled)
     assert info["Restarts"] == "0"
     assert "SIGTERM received at step" in text, text[-3000:]
     stopped_at = int(text.split("SIGTERM received at step ")[1].split()[0])

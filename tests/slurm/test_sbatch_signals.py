@@ -125,9 +125,10 @@ def test_scancel_is_not_undone_by_a_requeue(slurm_cluster, fake_repo, tmp_path, 
     script, env, _ = SCRIPTS[name](fake_repo, tmp_path / "out")
     job, log = _submit(slurm_cluster, script, env, tmp_path)
 
+    cancelled = time.monotonic()
     slurm_cluster.cancel(job)
-    wait_for_text(log, "step exited with 0", timeout=60)
-    slurm_cluster.wait_job(job, states={"CANCELLED"}, timeout=60)
+    jobs.wait_cancelled(slurm_cluster, job)
+    assert "step exited with 0" in jobs.assert_exited_before_kill(slurm_cluster, log, cancelled)
     time.sleep(3)  # a requeue issued by the script would show by now
     info = slurm_cluster.job_info(job)
     text = jobs.read_log(log)
@@ -142,7 +143,7 @@ def test_finetune_script_passes_only_the_options_that_are_set(slurm_cluster, fak
     env.update(DS_CONFIG="/configs/zero3.json", FINETUNE_ARGS="--scratch --preset tiny")
     job, log = _submit(slurm_cluster, script, env, tmp_path)
     slurm_cluster.cancel(job)
-    slurm_cluster.wait_job(job, states={"CANCELLED"}, timeout=60)
+    jobs.wait_cancelled(slurm_cluster, job)
     assert _argv_of(jobs.read_log(log), 0, 0) == [
         "--task", "emotion", "--shards", "/shards/iemocap", "--deepspeed_config", "/configs/zero3.json",
         "--out", str(tmp_path / "out"), "--resume", "auto", "--run-name", f"ctal-finetune-{job}",
