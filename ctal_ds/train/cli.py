@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num-workers", type=int, default=2)
     data.add_argument("--max-frames-per-batch", type=int, default=16000)
     model = p.add_argument_group("model")
-    model.add_argument("--preset", default="tiny", help="CTALConfig preset: tiny | base | large")
+    model.add_argument("--preset", default="base",
+                       help="CTALConfig preset: base (default: the paper's BASE, N=3) | large (N=6) | tiny (tests)")
     model.add_argument("--model-override", action="append", default=[], metavar="FIELD=VALUE",
                        help="CTALConfig field, e.g. hidden_size=256 (repeatable)")
     model.add_argument("--no-mlm", action="store_true", help="ablation: no MLM loss")

@@ -232,7 +232,7 @@ def pretrain_args(shards: Path, out: Path, *extra: str) -> list[str]:
     """A tiny run on the demo shards; `extra` appends or overrides flags."""
     return [
         "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"), "--train-shards", str(shards / "train"),
-        "--valid-shards", str(shards / "valid"), "--out", str(out), "--micro-batch-size", "4",
+        "--valid-shards", str(shards / "valid"), "--out", str(out), "--preset", "tiny", "--micro-batch-size", "4",
         "--warmup-steps", "2", "--lr", "1e-3", "--log-every", "1", "--flush-every", "2", "--num-workers", "1",
         *extra,
     ]  # fmt: skip
