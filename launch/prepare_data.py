@@ -14,12 +14,17 @@
     python launch/prepare_data.py --check shards/ls960
 
 Rerunning an interrupted build with the same arguments finishes it, keeping the shards
-already written. The shard format is described in shards/README.md.
+already written. Utterances longer than --max-seconds are left out (rejects.jsonl); the
+build ends with a warning naming them per split, since a test set missing some of its
+utterances gives other numbers. The shard format is described in shards/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from ctal_ds.data.features import BACKENDS, FeatureConfig
 from ctal_ds.data.records import CorpusScan
 from ctal_ds.data.shards import (
     MANIFEST,
+    REJECTS,
     TOKENIZER,
     BuildResult,
     ShardConfig,
@@ -55,8 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default=ShardConfig.backend)
     p.add_argument("--device", default=None, help="torch backend device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=ShardConfig.batch_size)
-    p.add_argument("--max-duration", type=float, default=FeatureConfig.max_duration_s,
-                   help="seconds; longer utterances are rejected")
+    p.add_argument("--max-seconds", "--max-duration", dest="max_duration", type=float,
+                   default=FeatureConfig.max_duration_s,
+                   help="longest utterance kept, in seconds; longer ones are left out, with a warning "
+                        f"(default {FeatureConfig.max_duration_s:g})")
     p.add_argument("--max-tokens", type=int, default=ShardConfig.max_tokens)
     p.add_argument("--seed", type=int, default=ShardConfig.seed, help="shard assignment and holdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,6 +83,41 @@ def _print_totals(result: BuildResult) -> None:
     )
     for reason, n in sorted(t["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
         print(f"  rejected {n:>6}  {reason}")
+
+
+# How many ids of the utterances left out as too long a warning names, per split.
+SHOWN_IDS = 5
+_SECONDS = re.compile(r"too long: ([0-9.]+) s")
+
+
+def too_long(result: BuildResult, splits: dict[str, str]) -> dict[str, list[tuple[str, float]]]:
+    """(id, seconds) of the utterances this build left out for lasting longer than
+    --max-seconds, by the corpus split of their record (else the shard set's name)."""
+    found: dict[str, list[tuple[str, float]]] = {}
+    for line in (result.out_dir / REJECTS).read_text(encoding="utf-8").splitlines():
+        rejection = json.loads(line)
+        match = _SECONDS.match(rejection["reason"])
+        if match:
+            utt = rejection.get("id") or rejection["source"]
+            found.setdefault(splits.get(utt) or result.out_dir.name, []).append((utt, float(match.group(1))))
+    return found
+
+
+def too_long_warning(result: BuildResult, found: dict[str, list[tuple[str, float]]], max_seconds: float) -> str:
+    per_split = []
+    for split, utts in sorted(found.items()):
+        ids = sorted(u for u, _ in utts)
+        more = f", ... ({len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else ""
+        per_split.append(f"  split {split}: {len(ids)} left out: {', '.join(ids[:SHOWN_IDS])}{more}")
+    total = sum(len(utts) for utts in found.values())
+    longest = max(seconds for utts in found.values() for _, seconds in utts)
+    return "\n".join([
+        f"WARNING: {result.out_dir}: {total} utterance(s) longer than --max-seconds {max_seconds:g} "
+        f"were left out (listed in {REJECTS}):",
+        *per_split,
+        f"  an evaluation on these shards would miss them: to keep them, rebuild with "
+        f"--max-seconds {math.ceil(longest)} or more (the longest lasts {longest:.2f} s)",
+    ])  # fmt: skip
 
 
 def prepare(scan: CorpusScan, args: argparse.Namespace) -> list[BuildResult]:
@@ -137,8 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.split:
         scan = filter_split(scan, args.split)
         print(f"splits {sorted(args.split)}: {len(scan.records)} records")
-    for result in prepare(scan, args):
+    results = prepare(scan, args)
+    for result in results:
         _print_totals(result)
+    # Last, where a long log still shows them.
+    splits = {r.id: r.split for r in scan.records}
+    for result in results:
+        found = too_long(result, splits)
+        if found:
+            warning = too_long_warning(result, found, args.max_duration)
+            print(warning, flush=True)
+            print(warning, file=sys.stderr, flush=True)
     return 0
 
 

@@ -143,3 +143,63 @@ def test_killed_build_resumes_to_the_bytes_of_a_clean_build(corpus, built, tmp_p
         resumed = {p.name: p.read_bytes() for p in (out / part).glob("shard-*.tar")}
         assert resumed == clean
     assert run_cli("--check", str(out)).returncode == 0
+
+
+def _load_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_data_cli", REPO / "launch" / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_max_seconds_defaults_to_the_feature_config_and_keeps_its_old_name():
+    from ctal_ds.data.features import FeatureConfig
+
+    cli = _load_cli()
+    assert cli.parse_args(["--corpus", "c", "--out", "o"]).max_duration == FeatureConfig().max_duration_s
+    assert cli.parse_args(["--corpus", "c", "--out", "o", "--max-seconds", "45"]).max_duration == 45
+    assert cli.parse_args(["--corpus", "c", "--out", "o", "--max-duration", "12"]).max_duration == 12
+
+
+@pytest.fixture(scope="module")
+def corpus_with_long_utterances(tmp_path_factory) -> Path:
+    """Train and test utterances of 0.5 s, and one of 3 s (train) and 2.5 s (test)."""
+    root = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(1)
+    seconds = {f"train{i}": 0.5 for i in range(4)} | {f"test{i}": 0.5 for i in range(3)}
+    seconds |= {"train-long": 3.0, "test-long": 2.5}
+    lines = []
+    for utt, length in seconds.items():
+        sf.write(root / f"{utt}.wav", 0.1 * rng.standard_normal(int(16000 * length)).astype(np.float32), 16000)
+        text = " ".join(rng.choice(WORDS, size=3))
+        split = "test" if utt.startswith("test") else "train"
+        lines.append({"id": utt, "audio": f"{utt}.wav", "text": text, "speaker": "s0", "split": split})
+    manifest = root / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+LONG_ARGS = ("--samples-per-shard", "4", "--workers", "1", "--vocab-size", "300", "--min-frequency", "1", "--quiet")
+
+
+def test_utterances_over_max_seconds_are_named_per_split_in_a_loud_warning(corpus_with_long_utterances, tmp_path):
+    result = run_cli("--corpus", str(corpus_with_long_utterances), "--out", str(tmp_path / "short"),
+                     "--max-seconds", "2", *LONG_ARGS)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    for stream in (result.stdout, result.stderr):
+        assert "WARNING" in stream and "2 utterance(s) longer than --max-seconds 2 were left out" in stream, stream
+        assert "split test: 1 left out: test-long" in stream
+        assert "split train: 1 left out: train-long" in stream
+        assert "rebuild with --max-seconds 3 or more" in stream
+    # The warning comes after the summary, where the end of the output shows it.
+    assert result.stdout.rstrip().endswith("(the longest lasts 3.00 s)")
+    assert read_manifest(tmp_path / "short")["totals"]["samples"] == 7
+
+    kept = run_cli("--corpus", str(corpus_with_long_utterances), "--out", str(tmp_path / "all"),
+                   "--max-seconds", "3", *LONG_ARGS)  # fmt: skip
+    assert kept.returncode == 0, kept.stderr
+    assert "WARNING" not in kept.stdout + kept.stderr
+    assert read_manifest(tmp_path / "all")["totals"]["samples"] == 9
