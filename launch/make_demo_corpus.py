@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['utterances']} utterances, {summary['seconds'] / 60:.1f} min, "
           f"{summary['speakers']} speakers, built in {summary['build']['seconds']:.1f} s")
     print(f"  librispeech: {ls['utterances']} utterances, "
-          + ", ".join(f"{k} {v['speakers']} speakers" for k, v in ls["subsets"].items()))
+          + ", ".join(f"{k} {v['speakers']} speakers / {v['utterances']} utterances"
+                      for k, v in ls["subsets"].items()))
     print(f"  iemocap:     {iem['utterances']} utterances, emotions {iem['emotions']}")
     print(f"  mosei:       {mo['clips']} clips in {mo['videos']} videos, modes {mo['modes']}")
     return 0

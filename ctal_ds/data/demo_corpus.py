@@ -1,10 +1,18 @@
 """The built-in demo speech corpus: synthetic, offline, and in the three layouts the
 corpus readers (``ctal_ds.data.corpora``) parse.
 
-    <out>/librispeech/   read speech, train-clean + test-clean with disjoint speakers
+    <out>/librispeech/   read speech: train-clean, test-clean and train-other, each
+                         with its own speakers
     <out>/iemocap/       five sessions of emotional dialogue (ang hap exc neu sad fru xxx)
     <out>/mosei/         opinion clips with sentiment in [-3, 3] (MMSA label.csv)
     <out>/corpus.json    summary, written last: its presence marks a complete corpus
+
+The default size (about 12,900 utterances) is shaped like the paper's setting,
+960 h of pre-training against small labelled sets: the LibriSpeech layout's
+train-clean + train-other (11,200 utterances) is over ten times each labelled set
+(IEMOCAP 600 turns, MOSEI 810 clips, speaker verification's 960 train-clean
+utterances), and train-other is expressive reading (``demo/prosody.py``), so
+pre-training hears the pitch, range and rate of the emotion and sentiment sets.
 
 Speech comes from espeak-ng (ctypes, ``demo/espeak.py``); what is said and how is
 planned from the seed alone (``demo/plan.py``), so a seed gives the same files
@@ -61,13 +69,13 @@ def plan_demo_corpus(size: str = "default", seed: int = 0) -> DemoCorpusPlan:
     spec = SIZES[size]
     # One pool for all layouts: no two speakers of the corpus share a voice.
     pool = SpeakerPool(layout_rng(seed, "speakers"))
-    return DemoCorpusPlan(
-        size=spec,
-        seed=seed,
-        librispeech=librispeech.plan(spec, seed, layout_rng(seed, librispeech.ROOT), pool),
-        iemocap=iemocap.plan(spec, seed, layout_rng(seed, iemocap.ROOT), pool),
-        mosei=mosei.plan(spec, seed, layout_rng(seed, mosei.ROOT), pool),
-    )
+    ls = librispeech.plan(spec, seed, layout_rng(seed, librispeech.ROOT), pool)
+    iem = iemocap.plan(spec, seed, layout_rng(seed, iemocap.ROOT), pool)
+    mo = mosei.plan(spec, seed, layout_rng(seed, mosei.ROOT), pool)
+    # Drawn last from the pool, so the other layouts keep their voices whatever its size.
+    ls = librispeech.add_train_other(
+        ls, spec, seed, layout_rng(seed, f"{librispeech.ROOT}/{librispeech.TRAIN_OTHER}"), pool)
+    return DemoCorpusPlan(size=spec, seed=seed, librispeech=ls, iemocap=iem, mosei=mo)
 
 
 def build_demo_corpus(

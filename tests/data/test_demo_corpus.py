@@ -173,8 +173,9 @@ def test_speaker_counts_and_speaker_disjoint_librispeech_subsets(corpus, scans):
     ls = collections.defaultdict(set)
     for r in scans["librispeech"].records:
         ls[r.split].add(r.speaker)
-    assert {k: len(v) for k, v in ls.items()} == {"train-clean": 6, "test-clean": 3}
+    assert {k: len(v) for k, v in ls.items()} == {"train-clean": 6, "test-clean": 3, "train-other": 2}
     assert not ls["train-clean"] & ls["test-clean"]
+    assert not ls["train-other"] & (ls["train-clean"] | ls["test-clean"])
     # SPEAKERS.TXT lists every speaker with the gender of its voice.
     genders = {r.speaker: r.labels.get("gender") for r in scans["librispeech"].records}
     assert set(genders.values()) <= {"F", "M"} and None not in genders.values()
@@ -189,13 +190,16 @@ def test_default_size_has_many_distinct_speakers_with_distinct_voices():
     plan = plan_demo_corpus("default", seed=0)
     train = [s.speaker for s in plan.librispeech.speakers if s.subset == "train-clean"]
     test = [s.speaker for s in plan.librispeech.speakers if s.subset == "test-clean"]
-    assert len(train) >= 40 and len(test) >= 10
+    other = [s.speaker for s in plan.librispeech.speakers if s.subset == "train-other"]
+    assert len(train) >= 40 and len(test) >= 10 and len(other) >= 150
     assert not {s.label for s in train} & {s.label for s in test}
-    everyone = train + test + list(plan.iemocap.speakers.values())
+    everyone = train + test + other + list(plan.iemocap.speakers.values())
     voices = [(s.accent, s.variant) for s in everyone]
     assert len(set(voices)) == len(voices)
     assert {s.gender for s in everyone} == {"F", "M"}
-    assert 2000 <= len(plan.librispeech.utterances) <= 3000
+    assert {s.gender for s in other} == {"F", "M"}
+    # Baselines differ per speaker, not just the voice.
+    assert len({(s.pitch, s.range, s.rate) for s in other}) > 0.9 * len(other)
 
 
 # --------------------------------------------------------------------------- labels
@@ -275,7 +279,7 @@ def test_emotion_is_not_separable_by_loudness_alone(scans):
 
 def test_audio_is_16k_mono_pcm16_speech_with_short_silences(corpus):
     files = sorted(corpus.rglob("*.flac")) + sorted(corpus.rglob("*.wav"))
-    assert len(files) == 96
+    assert len(files) == 104
     for path in files:
         info = sf.info(str(path))
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16"), path
@@ -328,7 +332,8 @@ def test_cli_builds_then_skips_a_complete_corpus_then_rebuilds_with_force(tmp_pa
     cmd = [sys.executable, str(REPO / "launch" / "make_demo_corpus.py"), "--out", str(out),
            "--small", "--workers", "2", "--quiet"]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert "96 utterances" in first.stdout
+    assert "104 utterances" in first.stdout
+    assert "train-other 2 speakers / 8 utterances" in first.stdout
     stamp = (out / "corpus.json").stat().st_mtime_ns
     again = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "already holds a complete demo corpus" in again.stdout
@@ -354,4 +359,128 @@ def test_an_interrupted_build_is_replaced(tmp_path):
     leftover.write_bytes(b"half a file")
     summary = build_demo_corpus(tmp_path, size="small", workers=2, progress=False)
     assert not leftover.exists()
-    assert summary["utterances"] == 96 and (tmp_path / "corpus.json").is_file()
+    assert summary["utterances"] == 104 and (tmp_path / "corpus.json").is_file()
+
+
+# --------------------------------------------------------------------------- pre-training data
+
+# sha256 over the plans of seed 0, default size, as they were before train-other
+# existed: adding it must not change a line, label or voice of the other layouts.
+IEMOCAP_TURNS_SHA256 = "fb792d1ba34eccc40c4845322a855812d311c17532bd2fda1ec1ec4a3a43318b"
+IEMOCAP_SPEAKERS_SHA256 = "40d59d68ffdd707599c8d48a52792ae0159b3705e9872822494776be04aa8cb6"
+MOSEI_CLIPS_SHA256 = "480889a9f18aa3d6f0cc735eb589f75d539ac47be6bbbd632d23001212ab7275"
+LS_CLEAN_SPEAKERS_SHA256 = "17aa75d771a14926a2ec3ddeac0863d2508a86cbae50d0cdf431be76700666db"
+
+
+def sha256_of_repr(value) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def default_plan():
+    return plan_demo_corpus("default", seed=0)
+
+
+def baseline_deviations(plan) -> dict[str, np.ndarray]:
+    """Per utterance (pitch - baseline, range - baseline, rate / baseline), by subset."""
+    speakers = {s.speaker.label: s.speaker for s in plan.librispeech.speakers}
+    out = collections.defaultdict(list)
+
+    def add(key, speaker, v):
+        out[key].append((v.pitch - speaker.pitch, v.range - speaker.range, v.rate / speaker.rate))
+
+    for u in plan.librispeech.utterances:
+        add(u.chapter_dir.split("/")[1], speakers[u.utt_id.split("-")[0]], u.utterance.settings)
+    for t in plan.iemocap.turns:
+        add("iemocap", plan.iemocap.speakers[f"Ses0{t.session}_{t.gender}"], t.utterance.settings)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_iemocap_and_mosei_plans_are_unchanged_by_train_other(default_plan):
+    assert sha256_of_repr(default_plan.iemocap.turns) == IEMOCAP_TURNS_SHA256
+    assert sha256_of_repr(sorted(default_plan.iemocap.speakers.items())) == IEMOCAP_SPEAKERS_SHA256
+    assert sha256_of_repr(default_plan.mosei) == MOSEI_CLIPS_SHA256
+    clean = [(s.speaker, s.subset) for s in default_plan.librispeech.speakers if s.subset != "train-other"]
+    assert sha256_of_repr(clean) == LS_CLEAN_SPEAKERS_SHA256
+
+
+def test_train_other_speakers_are_disjoint_from_every_other_speaker(default_plan):
+    ls = default_plan.librispeech.speakers
+    other = [s.speaker for s in ls if s.subset == "train-other"]
+    rest = ([s.speaker for s in ls if s.subset != "train-other"]
+            + list(default_plan.iemocap.speakers.values()))
+    rest_voices = {(s.accent, s.variant) for s in rest}
+    mosei_voices = {u.settings.voice for u in (c.utterance for c in default_plan.mosei)}
+    assert len({s.label for s in other}) == len(other)
+    assert not {s.label for s in other} & {s.label for s in rest}
+    assert not {(s.accent, s.variant) for s in other} & rest_voices
+    assert not {s.voice for s in other} & mosei_voices
+    assert len({s.name for s in ls}) == len(ls)
+    chapters = collections.defaultdict(set)
+    for u in default_plan.librispeech.utterances:
+        chapters[u.chapter_dir.split("/")[-1]].add(u.chapter_dir)
+    assert all(len(dirs) == 1 for dirs in chapters.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_the_speaker_pool_never_runs_out(seed):
+    plan = plan_demo_corpus("default", seed=seed)
+    voices = [s.speaker.voice for s in plan.librispeech.speakers]
+    voices += [s.voice for s in plan.iemocap.speakers.values()]
+    voices += list({c.video_id: c.utterance.settings.voice for c in plan.mosei}.values())
+    assert len(voices) == len(set(voices)) == 310
+    assert len(voices) < len(ACCENTS) * (len(FEMALE_VARIANTS) + len(MALE_VARIANTS))
+
+
+def test_pretraining_data_outnumbers_each_labelled_set_tenfold(default_plan):
+    by_subset = collections.Counter(u.chapter_dir.split("/")[1] for u in default_plan.librispeech.utterances)
+    assert 900 <= by_subset["train-clean"] <= 1000  # the speaker-verification training set
+    pretrain = by_subset["train-clean"] + by_subset["train-other"]
+    for labelled in (len(default_plan.iemocap.turns), len(default_plan.mosei), by_subset["train-clean"]):
+        assert pretrain >= 10 * labelled
+
+
+def test_train_other_prosody_spans_the_downstream_range(default_plan):
+    dev = baseline_deviations(default_plan)
+    other, clean, emotion = dev["train-other"], dev["train-clean"], dev["iemocap"]
+    assert np.all(other.std(axis=0) > 3 * clean.std(axis=0))
+    # Pitch, range and rate of the emotion set lie within what pre-training hears.
+    low, high = np.percentile(other, [1, 99], axis=0)
+    assert np.all(low <= np.percentile(emotion, 10, axis=0))
+    assert np.all(high >= np.percentile(emotion, 90, axis=0))
+
+
+def test_expressive_reading_follows_the_words_and_sometimes_the_voice():
+    from ctal_ds.data.demo import prosody
+    from ctal_ds.data.demo.speakers import Speaker
+
+    speaker = Speaker("1", "F", "en", "f1", pitch=50, range=50, rate=170)
+    rng = np.random.default_rng(0)
+    # Emotional lines are acted in their own emotion.
+    for emotion in prosody.EMOTION_STYLES:
+        assert prosody.expressive_reading(speaker, rng, 0.0, emotion).emotion == emotion
+    # An opinion's valence follows its polarity: positive words, higher and livelier.
+    polarities = rng.uniform(-3, 3, size=2000)
+    readings = [prosody.expressive_reading(speaker, rng, float(p)) for p in polarities]
+    valences = np.array([r.valence for r in readings])
+    assert np.corrcoef(polarities, valences)[0, 1] > 0.8
+    pitch = np.array([r.settings.pitch for r in readings])
+    assert pitch[valences > 0.5].mean() > pitch[valences < -0.5].mean() + 5
+    # Neutral lines: mostly calm, a fifth in a style of the voice's own.
+    neutral = [prosody.expressive_reading(speaker, rng) for _ in range(4000)]
+    calm = sum(r.emotion is None and r.valence is None for r in neutral)
+    assert 0.75 < calm / len(neutral) < 0.85
+    assert {r.emotion for r in neutral if r.emotion} == set(prosody.EMOTION_STYLES)
+
+
+def test_small_corpus_has_unlabelled_train_other_read_like_the_other_subsets(corpus, scans):
+    summary = json.loads((corpus / "corpus.json").read_text())
+    subsets = summary["layouts"]["librispeech"]["subsets"]
+    assert {k: v["utterances"] for k, v in subsets.items()} == {
+        "train-clean": 24, "test-clean": 12, "train-other": 8}
+    other = [r for r in scans["librispeech"].records if r.split == "train-other"]
+    assert len(other) == 8
+    clean = next(r for r in scans["librispeech"].records if r.split == "train-clean")
+    assert all(set(r.labels) == set(clean.labels) for r in other)
+    rows = (corpus / "librispeech" / "SPEAKERS.TXT").read_text().splitlines()
+    assert sum("| train-other" in row for row in rows) == 2

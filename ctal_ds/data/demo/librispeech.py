@@ -5,8 +5,14 @@ speaker verification.
     librispeech/<subset>/<spk>/<ch>/<spk>-<ch>.trans.txt
     librispeech/<subset>/<spk>/<ch>/<spk>-<ch>-<utt>.flac
 
-``train-clean`` and ``test-clean`` have disjoint speakers, as verification trials
-need. Each chapter keeps to one topic, as a book chapter would.
+``train-clean`` (default size: 40 speakers, 960 utterances) is calm reading and the
+speaker-verification training set, kept small like the other labelled sets;
+``test-clean`` (10 speakers, 300) has speakers unseen in training, as verification
+trials need. ``train-other`` (160 speakers, 10,240) is unlabelled pre-training data
+of expressive reading: narrators who act out some lines with the emotions and
+sentiments of the downstream sets, so pre-training covers their prosody. Every
+subset has its own speakers. Each chapter keeps to one topic, as a book chapter
+would.
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from . import prosody
-from .plan import CorpusSize, Utterance, utterance_seed
+from .espeak import VoiceSettings
+from .plan import CorpusSize, Utterance, pick_share, utterance_seed
 from .sentences import TOPICS, SentenceGenerator, librispeech_transcript
 from .speakers import Speaker, SpeakerPool
 
 ROOT = "librispeech"
-SUBSETS = ("train-clean", "test-clean")
+SUBSETS = ("train-clean", "test-clean", "train-other")
+TRAIN_OTHER = SUBSETS[2]
 OPINION_SHARE = 0.25  # the rest is neutral narration
+# train-other texts: narration, opinions and lines of dialogue.
+OTHER_TEXT_SHARES = (("neutral", 0.5), ("opinion", 0.3), ("emotional", 0.2))
+_SPEAKER_IDS = (10, 9000)  # LibriSpeech ids are small integers; chapters are larger
+_CHAPTER_IDS = (1000, 200000)
 
 _FIRST_NAMES = {
     "F": ("Mary", "Helen", "Ruth", "Alice", "Kate", "Nora", "Edith", "Lena", "Ivy", "June",
@@ -59,12 +71,12 @@ class LibriPlan:
 
 
 def plan(size: CorpusSize, seed: int, rng: np.random.Generator, pool: SpeakerPool) -> LibriPlan:
+    """train-clean and test-clean; train-other is added by :func:`add_train_other`."""
     gen = SentenceGenerator(rng)
     n_train, n_test = size.ls_train_speakers, size.ls_test_speakers
-    # LibriSpeech ids are small integers; chapters are larger, all unique.
-    speaker_ids = rng.choice(np.arange(10, 9000), size=n_train + n_test, replace=False)
+    speaker_ids = rng.choice(np.arange(*_SPEAKER_IDS), size=n_train + n_test, replace=False)
     chapter_ids = rng.choice(
-        np.arange(1000, 200000), size=(n_train + n_test) * size.ls_chapters_per_speaker,
+        np.arange(*_CHAPTER_IDS), size=(n_train + n_test) * size.ls_chapters_per_speaker,
         replace=False,
     )
     names: set[str] = set()
@@ -82,16 +94,68 @@ def plan(size: CorpusSize, seed: int, rng: np.random.Generator, pool: SpeakerPoo
             chapter_dir = f"{ROOT}/{subset}/{spk}/{ch}"
             for i in range(per_chapter):
                 sentence = gen.opinion(topic) if rng.random() < OPINION_SHARE else gen.neutral(topic)
-                utt_id = f"{spk}-{ch}-{i:04d}"
-                path = f"{chapter_dir}/{utt_id}.flac"
-                utterances.append(LibriUtterance(
-                    utt_id=utt_id,
-                    chapter_dir=chapter_dir,
-                    transcript=librispeech_transcript(sentence.text),
-                    utterance=Utterance(path, sentence.text, prosody.read_speech(speaker, rng),
-                                        utterance_seed(seed, path)),
-                ))
+                utterances.append(_utterance(seed, chapter_dir, spk, ch, i, sentence.text,
+                                             prosody.read_speech(speaker, rng)))
     return LibriPlan(speakers, utterances)
+
+
+def add_train_other(
+    layout: LibriPlan, size: CorpusSize, seed: int, rng: np.random.Generator, pool: SpeakerPool
+) -> LibriPlan:
+    """``layout`` plus train-other. Planned after every other layout, from its own
+    stream, so its size changes no other speaker, voice or line of the corpus."""
+    gen = SentenceGenerator(rng)
+    n = size.ls_other_speakers
+    if n > pool.free():
+        raise ValueError(f"train-other needs {n} voices; the speaker pool has {pool.free()} left")
+    speaker_ids = _fresh_ids(rng, _SPEAKER_IDS, n,
+                             {int(s.speaker.label) for s in layout.speakers})
+    chapter_ids = _fresh_ids(rng, _CHAPTER_IDS, n * size.ls_chapters_per_speaker,
+                             {int(Path(u.chapter_dir).name) for u in layout.utterances})
+    names = {s.name for s in layout.speakers}
+    speakers, utterances = list(layout.speakers), list(layout.utterances)
+    chapters = iter(chapter_ids)
+    emotions = sorted(prosody.EMOTION_STYLES)
+    for spk in speaker_ids:
+        speaker = pool.draw(str(spk))
+        speakers.append(LibriSpeaker(speaker, TRAIN_OTHER, _unique_name(rng, speaker.gender, names)))
+        for _ in range(size.ls_chapters_per_speaker):
+            ch = next(chapters)
+            topic = TOPICS[int(rng.integers(len(TOPICS)))]
+            chapter_dir = f"{ROOT}/{TRAIN_OTHER}/{spk}/{ch}"
+            for i in range(size.ls_other_utts_per_chapter):
+                kind = pick_share(rng, OTHER_TEXT_SHARES)
+                emotion = None
+                if kind == "neutral":
+                    sentence = gen.neutral(topic)
+                elif kind == "opinion":
+                    sentence = gen.opinion(topic)
+                else:
+                    emotion = emotions[int(rng.integers(len(emotions)))]
+                    sentence = gen.emotional(emotion)
+                reading = prosody.expressive_reading(speaker, rng, sentence.polarity, emotion)
+                utterances.append(_utterance(seed, chapter_dir, spk, ch, i, sentence.text,
+                                             reading.settings))
+    return LibriPlan(speakers, utterances)
+
+
+def _fresh_ids(rng: np.random.Generator, bounds: tuple[int, int], n: int, taken: set[int]) -> list[int]:
+    ids = np.arange(*bounds)
+    free = np.ones(len(ids), dtype=bool)
+    free[np.array(sorted(taken), dtype=int) - bounds[0]] = False
+    return [int(x) for x in rng.choice(ids[free], size=n, replace=False)]
+
+
+def _utterance(seed: int, chapter_dir: str, spk: int, ch: int, i: int, text: str,
+               settings: VoiceSettings) -> LibriUtterance:
+    utt_id = f"{spk}-{ch}-{i:04d}"
+    path = f"{chapter_dir}/{utt_id}.flac"
+    return LibriUtterance(
+        utt_id=utt_id,
+        chapter_dir=chapter_dir,
+        transcript=librispeech_transcript(text),
+        utterance=Utterance(path, text, settings, utterance_seed(seed, path)),
+    )
 
 
 def _unique_name(rng: np.random.Generator, gender: str, taken: set[str]) -> str:
@@ -129,6 +193,8 @@ def write_metadata(out_dir: Path, layout: LibriPlan, seconds: dict[str, float]) 
 
     subsets = {}
     for subset in SUBSETS:
+        if not any(s.subset == subset for s in layout.speakers):
+            continue
         utts = [u for u in layout.utterances if f"/{subset}/" in u.chapter_dir]
         subsets[subset] = {
             "utterances": len(utts),

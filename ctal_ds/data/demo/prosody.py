@@ -1,5 +1,6 @@
-"""How a speaker says a line: read speech, an emotion, or a sentiment, as espeak-ng
-settings around the speaker's baseline.
+"""How a speaker says a line: read speech, an emotion, a sentiment, or expressive
+reading (a narrator acting out a book), as espeak-ng settings around the speaker's
+baseline.
 
 Emotions differ in pitch level, pitch range and rate far more than in volume, and
 every utterance draws its volume from one wide band, so loudness alone does not tell
@@ -44,7 +45,13 @@ VOLUME_JITTER = 28
 VALENCE_PITCH = 8
 VALENCE_RANGE = 14
 VALENCE_RATE = 0.06
+VALENCE_BOUND = 1.5
 
+# Expressive reading: a neutral line is read calmly, except this share, which the
+# narrator colours with a style the words do not call for (a voice, not the text).
+FREE_STYLE_SHARE = 0.2
+# An opinion line's valence follows its words: polarity / 2 plus this much (uniform).
+OPINION_VALENCE_JITTER = 0.5
 
 def _settings(
     speaker: Speaker, pitch: float, pitch_range: float, rate: float, volume: float
@@ -99,3 +106,39 @@ def sentiment_speech(speaker: Speaker, valence: float, rng: np.random.Generator)
         rate=(1 + VALENCE_RATE * valence) * (1 + rng.uniform(-0.03, 0.03)),
         volume=100 + rng.uniform(-VOLUME_JITTER, VOLUME_JITTER),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One line of expressive reading: its settings and what was acted."""
+
+    settings: VoiceSettings
+    emotion: str | None = None  # an EMOTION_STYLES key when a style was acted
+    valence: float | None = None  # in [-VALENCE_BOUND, VALENCE_BOUND] when a sentiment was
+
+
+def expressive_reading(
+    speaker: Speaker, rng: np.random.Generator, polarity: float = 0.0, emotion: str | None = None
+) -> Reading:
+    """An audiobook narrator acting out the text: an emotional line (``emotion``) in
+    that emotion's style, an opinion (``polarity`` != 0) with a valence that follows its
+    words, a neutral line calmly or, now and then, in a style of the voice's own.
+
+    The voice then says something about the words, the link between the two streams
+    that cross-modal pre-training (MCAM through cross-attention) can learn from, and
+    pre-training hears the prosodic range of the downstream sets without their labels.
+    """
+    if emotion is None and polarity == 0.0 and rng.random() < FREE_STYLE_SHARE:
+        if rng.random() < 0.5:
+            names = sorted(EMOTION_STYLES)
+            emotion = names[int(rng.integers(len(names)))]
+        else:
+            valence = float(rng.uniform(-VALENCE_BOUND, VALENCE_BOUND))
+            return Reading(sentiment_speech(speaker, valence, rng), valence=valence)
+    if emotion is not None:
+        return Reading(emotional_speech(speaker, emotion, rng), emotion=emotion)
+    if polarity != 0.0:
+        jitter = rng.uniform(-OPINION_VALENCE_JITTER, OPINION_VALENCE_JITTER)
+        valence = float(np.clip(polarity / 2 + jitter, -VALENCE_BOUND, VALENCE_BOUND))
+        return Reading(sentiment_speech(speaker, valence, rng), valence=valence)
+    return Reading(read_speech(speaker, rng))

@@ -59,9 +59,18 @@ class SpeakerPool:
             order = rng.permutation(len(combos))
             combos[:] = [combos[i] for i in order]
 
+    def free(self, gender: str | None = None) -> int:
+        """How many voices are left (of one gender, or in all)."""
+        return sum(len(v) for g, v in self._free.items() if gender in (None, g))
+
     def draw(self, label: str, gender: str | None = None) -> Speaker:
+        """A speaker with an unused voice. Without ``gender``, a coin decides; once one
+        gender's voices are used up the other's are drawn, so a large layout planned
+        last can use every voice left."""
         if gender is None:
             gender = "F" if self.rng.random() < 0.5 else "M"
+            if not self._free[gender]:
+                gender = "M" if gender == "F" else "F"
         if not self._free[gender]:
             raise RuntimeError(f"no unused {gender} voices left for speaker {label}")
         accent, variant = self._free[gender].pop()
