@@ -58,6 +58,10 @@ class CTALConfig:
     initializer_range: float = 0.02
     attn_impl: str = "sdpa"
     activation_checkpointing: bool = False
+    # False: no cross-attention, the two streams never meet. Pre-trained with MLM + MCAM
+    # this is the paper's unimodal pre-training (table 4 (g): a RoBERTa-like text model
+    # and a Mockingjay-like audio model, fused only at fine-tuning).
+    cross_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.attn_impl not in ATTENTION_BACKENDS:
@@ -115,7 +119,7 @@ def estimate_parameters(config: CTALConfig) -> dict[str, int]:
     attention = 4 * (h * h + h)
     ffn = h * f + f + f * h + h
     text_layer = attention + layer_norm + ffn + layer_norm
-    audio_layer = text_layer + attention + layer_norm
+    audio_layer = text_layer + (attention + layer_norm if config.cross_attention else 0)
     counts = {
         "text_embeddings": v * h + config.max_tokens * h + layer_norm,
         "text_layers": config.num_text_layers * text_layer,

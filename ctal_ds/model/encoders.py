@@ -65,11 +65,16 @@ class TextEncoder(nn.Module):
         self.embeddings = TextEmbeddings(config)
         self.layers = nn.ModuleList(TextEncoderLayer(config) for _ in range(config.num_text_layers))
 
-    def forward(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, text_mask: torch.Tensor, all_layers: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """H_w^N, or with ``all_layers`` [H_w^0 (embeddings), H_w^1, ..., H_w^N]."""
         h_w = self.embeddings(input_ids)
+        states = [h_w]
         for layer in self.layers:
             h_w = run_layer(layer, h_w, text_mask, checkpointing=self.checkpointing)
-        return h_w
+            states.append(h_w)
+        return states if all_layers else h_w
 
 
 class TextReferredAudioEncoder(nn.Module):
@@ -89,10 +94,14 @@ class TextReferredAudioEncoder(nn.Module):
         audio_mask: torch.Tensor,
         h_w_final: torch.Tensor,
         text_mask: torch.Tensor,
-    ) -> torch.Tensor:
+        all_layers: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """H_a^N, or with ``all_layers`` [H_a^0 (embeddings), H_a^1, ..., H_a^N]."""
         h_a = self.embeddings(audio_feats)
+        states = [h_a]
         for layer in self.layers:
             h_a = run_layer(
                 layer, h_a, audio_mask, h_w_final, text_mask, checkpointing=self.checkpointing
             )
-        return h_a
+            states.append(h_a)
+        return states if all_layers else h_a

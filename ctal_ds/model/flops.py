@@ -5,7 +5,8 @@ With d = hidden size, f = FFN size, L tokens, T frames, a multiply-add = 2 FLOPs
     text layer   8 L d^2  (Q, K, V, O projections)  + 4 L^2 d  (Q K^T and P V)  + 4 L d f  (FFN)
     audio layer  8 T d^2 + 4 T^2 d                  (bidirectional self-attention)
                + 4 T d^2 + 4 L d^2                  (cross-attention: Q, O over frames; K, V over H_w^N)
-               + 4 T L d                            (cross-attention Q K^T and P V)
+               + 4 T L d                            (cross-attention Q K^T and P V;
+                                                     none with config.cross_attention off)
                + 4 T d f                            (FFN)
     embeddings   2 T 160 d                          (frame projection; token lookups are free)
     MLM head     n_mlm (2 d^2 + 2 d V)              (only masked tokens are projected)
@@ -33,7 +34,7 @@ def text_layer_flops(config: CTALConfig, n_tokens: int) -> int:
 def audio_layer_flops(config: CTALConfig, n_frames: int, n_tokens: int) -> int:
     d, f, T, L = config.hidden_size, config.ffn_size, n_frames, n_tokens
     self_attention = 8 * T * d * d + 4 * T * T * d
-    cross_attention = 4 * T * d * d + 4 * L * d * d + 4 * T * L * d
+    cross_attention = 4 * T * d * d + 4 * L * d * d + 4 * T * L * d if config.cross_attention else 0
     return self_attention + cross_attention + 4 * T * d * f
 
 

@@ -83,10 +83,13 @@ class CTALFusion(nn.Module):
 
     - modality "both", fusion on: h_fuse, 2d wide.
     - modality "both", fusion off (paper table 4 (d), "w/o orthogonal fusion"): the
-      plain concatenation h_a^attn (+) h_a^max (+) h_w^attn (+) h_w^max, 4d wide.
-    - modality "audio" (table 4 (e)): h_a^attn (+) h_a^max, 2d wide; the text stream
-      still conditions H_a^N through cross-attention, but no text pooled vector is used.
-    - modality "text" (table 4 (f)): h_w^attn (+) h_w^max, 2d wide; audio is not read.
+      plain concatenation h_a^attn (+) h_a^max (+) h_w^attn (+) h_w^max, 4d wide, so
+      its head has twice the input width (and weights) of the h_fuse head.
+    - modality "text" (table 4 (e), "w/o audio outputs"): h_w^attn (+) h_w^max, 2d
+      wide; audio is not read.
+    - modality "audio" (table 4 (f), "w/o language outputs"): h_a^attn (+) h_a^max, 2d
+      wide; the text stream still conditions H_a^N through cross-attention, but no text
+      pooled vector is used.
     """
 
     def __init__(self, hidden_size: int, fusion: bool = True, modality: str = "both"):

@@ -63,15 +63,16 @@ class TextReferredAudioLayer(nn.Module):
     Self-attention over frames is bidirectional: only padded frames are masked, never
     future ones (the public release's causal mask contradicts the paper). The
     cross-attention's keys and values are the final text states H_w^N, the same
-    tensor in every layer.
+    tensor in every layer. With ``config.cross_attention`` off the layer is a plain
+    audio Transformer layer (unimodal pre-training, table 4 (g)).
     """
 
     def __init__(self, config: CTALConfig):
         super().__init__()
         self.self_attention = _attention(config)
         self.self_attention_norm = PostNormResidual(config)
-        self.cross_attention = _attention(config)
-        self.cross_attention_norm = PostNormResidual(config)
+        self.cross_attention = _attention(config) if config.cross_attention else None
+        self.cross_attention_norm = PostNormResidual(config) if config.cross_attention else None
         self.ffn = FeedForward(config)
         self.ffn_norm = PostNormResidual(config)
 
@@ -83,9 +84,10 @@ class TextReferredAudioLayer(nn.Module):
         text_mask: torch.Tensor,
     ) -> torch.Tensor:
         h_a = self.self_attention_norm(self.self_attention(h_a, audio_mask), h_a)
-        h_a = self.cross_attention_norm(
-            self.cross_attention(h_a, text_mask, context=h_w_final), h_a
-        )
+        if self.cross_attention is not None:
+            h_a = self.cross_attention_norm(
+                self.cross_attention(h_a, text_mask, context=h_w_final), h_a
+            )
         return self.ffn_norm(self.ffn(h_a), h_a)
 
 

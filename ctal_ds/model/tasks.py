@@ -2,12 +2,19 @@
 
 - classification (IEMOCAP emotions): logits = W h_fuse, cross-entropy.
 - regression (CMU-MOSEI sentiment): a scalar w . h_fuse, L1 loss.
-- speaker (LibriSpeech): h_fuse -> speaker embedding (linear) -> ReLU -> speaker
-  logits, cross-entropy. The embedding, the layer before the classifier, is what
-  verification scores with cosine similarity (4.2.3); x-vector style, it is taken
-  before the nonlinearity.
+- speaker (LibriSpeech): a classifier over h_fuse, cross-entropy; verification scores
+  h_fuse, the representation before the classifier, with cosine similarity (4.2.3).
+  ``speaker_embedding_dim`` > 0 inserts an x-vector style bottleneck (linear, then
+  ReLU before the classifier) whose pre-activation output is scored instead; that
+  layer is not in the paper.
 
 The training loss is task loss + orthogonal_weight * L_orth (3.3.1).
+
+``probe=True`` is the frozen-representation evaluation of SUPERB / s3prl: the
+backbone's weights are frozen (and it runs in eval mode, without dropout), and each
+stream's input to the fusion is a learnable softmax-weighted sum of all its layers'
+states (embeddings included), so the probe reads whichever layer holds the task's
+information. Only the layer weights, the pooling and the head are trained.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ class SequenceTaskConfig:
     orthogonal_weight: float = 1.0
     modality: str = "both"
     classifier_dropout: float = 0.1
-    speaker_embedding_dim: int = 256
+    # 0: the paper's speaker embedding, h_fuse itself; > 0: an extra bottleneck layer.
+    speaker_embedding_dim: int = 0
+    probe: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -53,6 +62,8 @@ class SequenceTaskConfig:
             raise ValueError(f"{self.task} needs num_labels >= 2, got {self.num_labels}")
         if self.orthogonal_weight < 0:
             raise ValueError("orthogonal_weight must be >= 0")
+        if self.speaker_embedding_dim < 0:
+            raise ValueError("speaker_embedding_dim must be >= 0")
 
 
 class CTALForSequenceTask(PretrainedModel):
@@ -75,7 +86,7 @@ class CTALForSequenceTask(PretrainedModel):
         self.ctal = CTALModel(config)
         self.fusion = CTALFusion(config.hidden_size, fusion=tc.fusion, modality=tc.modality)
         self.dropout = nn.Dropout(tc.classifier_dropout)
-        if tc.task == "speaker":
+        if tc.task == "speaker" and tc.speaker_embedding_dim > 0:
             self.embedding = nn.Linear(self.fusion.output_size, tc.speaker_embedding_dim)
             self.classifier = nn.Linear(tc.speaker_embedding_dim, tc.num_labels)
         else:
@@ -84,6 +95,34 @@ class CTALForSequenceTask(PretrainedModel):
         for module in (self.fusion, self.embedding, self.classifier):
             if module is not None:
                 module.apply(partial(init_weights, std=config.initializer_range))
+        if tc.probe:
+            # Zeros: the probe starts from the plain mean of the layers.
+            self.text_layer_weights = nn.Parameter(torch.zeros(config.num_text_layers + 1))
+            self.audio_layer_weights = nn.Parameter(torch.zeros(config.num_audio_layers + 1))
+            self.ctal.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CTALForSequenceTask:
+        super().train(mode)
+        if self.task_config.probe:
+            self.ctal.eval()  # a frozen backbone is a fixed feature extractor: no dropout
+        return self
+
+    def _backbone(self, batch: dict[str, torch.Tensor], use_audio: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(text states, audio states) the fusion pools: H^N, or the probe's layer mix."""
+        audio = (batch["audio_feats"], batch["audio_mask"]) if use_audio else (None, None)
+        if not self.task_config.probe:
+            states = self.ctal(batch["input_ids"], batch["text_mask"], *audio)
+            return states.text_states, states.audio_states
+        with torch.no_grad():
+            states = self.ctal(batch["input_ids"], batch["text_mask"], *audio, all_layers=True)
+
+        def mix(layers: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+            w = torch.softmax(weights.float(), dim=0).to(layers[0].dtype)
+            return torch.einsum("k,kbth->bth", w, torch.stack(layers))
+
+        text = mix(states.text_layers, self.text_layer_weights)
+        audio_states = mix(states.audio_layers, self.audio_layer_weights) if use_audio else None
+        return text, audio_states
 
     def head_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.task_config)
@@ -118,17 +157,10 @@ class CTALForSequenceTask(PretrainedModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         use_audio = self.task_config.modality != "text"
-        # Text-only (table 4 (f)) does not read the audio at all.
-        states = self.ctal(
-            batch["input_ids"],
-            batch["text_mask"],
-            batch["audio_feats"] if use_audio else None,
-            batch["audio_mask"] if use_audio else None,
-        )
+        # Text-only (table 4 (e), "w/o audio outputs") does not read the audio at all.
+        text_states, audio_states = self._backbone(batch, use_audio)
         audio_mask = batch["audio_mask"] if use_audio else None
-        out = self.predict_from_states(
-            states.text_states, batch["text_mask"], states.audio_states, audio_mask
-        )
+        out = self.predict_from_states(text_states, batch["text_mask"], audio_states, audio_mask)
         if "labels" in batch:
             out["task_loss"] = self.task_loss(out, batch["labels"])
             out["loss"] = out["task_loss"] + self.task_config.orthogonal_weight * out["orth_loss"]

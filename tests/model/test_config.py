@@ -56,11 +56,13 @@ def test_unknown_fields_are_refused_on_load():
         CTALConfig.from_dict({**CTALConfig().to_dict(), "hiden_size": 3})
 
 
-def test_parameter_formula_matches_built_models():
+@pytest.mark.parametrize("cross_attention", [True, False])
+def test_parameter_formula_matches_built_models(cross_attention):
     # Distinct sizes everywhere so that a swapped term in the formula shows up.
     config = CTALConfig(
         vocab_size=101, num_text_layers=2, num_audio_layers=3, hidden_size=24,
         num_heads=4, ffn_size=40, max_tokens=17, max_frames=33, feat_dim=160,
+        cross_attention=cross_attention,
     )  # fmt: skip
     expected = estimate_parameters(config)
     assert count_parameters(CTALModel(config)) == expected["backbone"]

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -13,13 +14,14 @@ def counted_flops(model, batch, backward=False):
     return counter.get_total_flops()
 
 
-def test_formula_equals_torch_flop_counter_for_one_utterance(make_utterance, collate):
+@pytest.mark.parametrize("cross_attention", [True, False])
+def test_formula_equals_torch_flop_counter_for_one_utterance(make_utterance, collate, cross_attention):
     # Distinct sizes so that each term of the formula is tested.
     config = CTALConfig(
         vocab_size=97, num_text_layers=2, num_audio_layers=3, hidden_size=24,
         num_heads=4, ffn_size=40, max_tokens=32, max_frames=64, dropout=0.0,
         # torch's flop counter does not see inside SDPA's CPU kernel; eager is plain matmuls.
-        attn_impl="eager",
+        attn_impl="eager", cross_attention=cross_attention,
     )  # fmt: skip
     torch.manual_seed(0)
     model = CTALForPretraining(config)

@@ -85,3 +85,11 @@ def test_audio_only_model_uses_the_audio(tiny_config, batch):
 def test_invalid_task_settings_are_refused(tiny_config, bad):
     with pytest.raises(ValueError):
         CTALForSequenceTask(tiny_config, **bad)
+
+
+def test_speaker_embedding_is_h_fuse_by_default_as_in_the_paper(tiny_config, batch):
+    model = build(tiny_config, task="speaker", num_labels=11).eval()
+    assert model.embedding is None
+    out = model(batch)
+    assert out["embedding"].shape == (3, 2 * tiny_config.hidden_size)
+    torch.testing.assert_close(out["logits"], model.classifier(out["embedding"]))
