@@ -6,9 +6,11 @@ data-efficiency fractions (figures 2-3), then one comparison table.
         --init runs/base --init-no-mlm runs/base-no-mlm --init-no-mcam runs/base-no-mcam \\
         --variants pretrained,scratch,no_mlm,no_mcam,no_fusion,audio_only,text_only
 
-    # figures 2-3: pre-trained vs scratch on 10 %, 20 %, 50 % and all of the training data
+    # figures 2-3: pre-trained vs scratch on 10 %, 20 %, 50 % and all of the training data,
+    # 3 seeds each (mean +- std), with the frozen probes beside them
     python launch/ablate.py --task emotion --task sentiment --shards-root shards --init runs/base \\
-        --variants pretrained,scratch --fractions 0.1,0.2,0.5,1 --out runs/efficiency
+        --variants pretrained,scratch,probe,probe_random --fractions 0.1,0.2,0.5,1 --seeds 3 \\
+        --out runs/efficiency
 
     # every task of the demo, with and without pre-training (what `make demo` runs)
     python launch/ablate.py --task all --shards-root runs/demo/shards --init runs/demo/pretrain \\
@@ -17,8 +19,11 @@ data-efficiency fractions (figures 2-3), then one comparison table.
 The process group and DeepSpeed start once; every fine-tune builds its own engine and
 is its own MLflow run. Rerunning the same command resumes: finished fine-tunes are
 read back, an interrupted one continues from its checkpoint. Writes <out>/ablation.md,
-<out>/ablation.csv and, with several fractions, <out>/plots/data_efficiency_*.png.
-Settings per task (`--task-option speaker:epochs=3`) override the shared flags.
+<out>/ablation.csv and, with several fractions, <out>/plots/data_efficiency_*.png; the
+table and figures are also logged to a summary run (experiment ctal-ablation). Settings
+per task (`--task-option speaker:epochs=3`) override the shared flags. `--seeds 3` runs
+every (variant, fraction) with seed offsets 0, 1, 2; `--seeds 0.1:3,1:2` sets the count
+per fraction. A difference is called in the table only when it exceeds the spread.
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ from ctal_ds.finetune.ablate import (
     STARTS,
     comparison_rows,
     data_efficiency_plots,
-    markdown,
     parse_variants,
     run_all,
     write_csv,
 )
 from ctal_ds.finetune.cli import add_common_arguments, add_head_arguments, config_from_args
+from ctal_ds.finetune.compare import summary_markdown
 from ctal_ds.finetune.config import FinetuneConfig, validate
 from ctal_ds.tasks import TASKS
 from ctal_ds.train.cli import parse_value
@@ -48,7 +53,7 @@ from ctal_ds.train.stop import StopRequest
 from ctal_ds.train.tracking import default_uri
 
 # Flags a --task-option may set for one task, and where they live in FinetuneConfig.
-TASK_OPTIONS = {"epochs": ("epochs",), "lr": ("optim", "lr"), "micro_batch_size": ("optim", "micro_batch_size"),
+TASK_OPTIONS = {"epochs": ("epochs",), "min_steps": ("min_steps",), "lr": ("optim", "lr"), "micro_batch_size": ("optim", "micro_batch_size"),
                 "grad_accum": ("optim", "grad_accum"), "warmup_steps": ("optim", "warmup_steps"),
                 "eval_batch_size": ("data", "eval_batch_size"), "fold": ("data", "fold")}  # fmt: skip
 
@@ -60,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards-root", type=Path, help="a directory holding <task>/ shard directories")
     p.add_argument("--variants", default="pretrained,scratch", help="comma list, see ctal_ds/finetune/ablate.py")
     p.add_argument("--fractions", default="1", help="comma list of training-data fractions")
+    p.add_argument("--seeds", default="1", help="seeds per (variant, fraction): N, or FRACTION:N,... per fraction")
     for start in STARTS:
         flag = "--init" if start == "pretrained" else f"--init-{start.replace('_', '-')}"
         p.add_argument(flag, dest=f"start_{start}", type=Path, help=f"the {start} pre-trained model or run")
@@ -113,12 +119,45 @@ def base_configs(args: argparse.Namespace) -> dict[str, FinetuneConfig]:
     return bases
 
 
+def parse_seeds(text: str, fractions: list[float]) -> dict[float, tuple[int, ...]]:
+    """``3`` -> seed offsets (0, 1, 2) for every fraction; ``0.1:3,1:2`` per fraction
+    (a fraction not named gets one seed)."""
+    counts = dict.fromkeys(fractions, 1)
+    try:
+        if ":" not in text:
+            counts = dict.fromkeys(fractions, int(text))
+        else:
+            for item in text.split(","):
+                fraction, _, n = item.partition(":")
+                if float(fraction) not in counts:
+                    raise ConfigError(f"--seeds {text!r}: fraction {fraction} is not in --fractions")
+                counts[float(fraction)] = int(n)
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected N or FRACTION:N,...") from None
+    if min(counts.values()) < 1:
+        raise ConfigError(f"--seeds {text!r}: every fraction needs at least one seed")
+    return {f: tuple(range(n)) for f, n in counts.items()}
+
+
+def log_summary(uri: str, out: Path, files: list[Path]) -> None:
+    """The comparison table and figures as one MLflow run, beside the fine-tunes' own."""
+    from ctal_ds.train.config import TrackingConfig
+    from ctal_ds.train.tracking import Tracker
+
+    tracker = Tracker(TrackingConfig(experiment="ctal-ablation", run_name=f"ablation {out.name}", uri=uri), out)
+    tracker.start(None, {"ablation.out": str(out.resolve())}, {"role": "summary"})
+    for path in files:
+        tracker.log_artifact(path, "summary")
+    tracker.finish("FINISHED")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         bases = base_configs(args)
         variants = parse_variants(args.variants)
         fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+        seeds = parse_seeds(args.seeds, fractions)
         starts = {s: getattr(args, f"start_{s}") for s in STARTS if getattr(args, f"start_{s}") is not None}
         for base in bases.values():
             for variant in variants:
@@ -133,20 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     stop.install()
     try:
-        results = run_all(bases, variants, fractions, starts, args.out, info, stop)
+        results = run_all(bases, variants, fractions, starts, args.out, info, stop, seeds)
     except TrainingDiverged as err:
         print(f"[ctal-ds] training stopped: {err}", file=sys.stderr, flush=True)
         return 3
     if info.is_main:
         rows = comparison_rows(results)
-        table = markdown(rows)
+        table = summary_markdown(rows)
         print(table, flush=True)
         (args.out / "ablation.md").write_text(table + "\n")
-        write_csv(rows, args.out / "ablation.csv")
-        for png in data_efficiency_plots(results, args.out / "plots"):
+        csv = write_csv(rows, args.out / "ablation.csv")
+        pngs = data_efficiency_plots(rows, args.out / "plots")
+        for png in pngs:
             print(f"[ctal-ds] wrote {png}")
-        if not all(r.finished for r in results) or len(results) < len(bases) * len(variants) * len(fractions):
+        expected = len(bases) * len(variants) * sum(len(seeds[f]) for f in fractions)
+        if not all(r.finished for r in results) or len(results) < expected:
             print("[ctal-ds] stopped early; rerun the same command to continue", flush=True)
+        else:
+            log_summary(bases[next(iter(bases))].tracking.uri, args.out, [args.out / "ablation.md", csv, *pngs])
     close_process_group()
     return 0
 

@@ -16,7 +16,15 @@ import os
 import sys
 from pathlib import Path
 
-from ctal_ds.finetune.compare import bar_charts, load_runs, markdown_table, write_csv
+from ctal_ds.finetune.compare import (
+    bar_charts,
+    load_runs,
+    markdown_table,
+    outcomes_of,
+    summary_markdown,
+    summary_rows,
+    write_csv,
+)
 
 DEFAULT_STORE = Path("runs/demo/mlflow.db")
 
@@ -44,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: no fine-tune runs in {uri}", file=sys.stderr)
         return 1
     print(markdown_table(rows))
+    print("## over seeds\n")
+    print(summary_markdown(summary_rows(outcomes_of(rows))))
     out = args.out or (store.parent / "compare" if uri.startswith("sqlite:///") else Path("compare"))
     csv = write_csv(rows, out / "comparison.csv")
     charts = bar_charts(rows, out)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ctal_ds.finetune.config import FinetuneConfig, InitConfig, TaskDataConfig
-from ctal_ds.finetune.model import HeadSettings
+from ctal_ds.finetune.model import ORTHOGONAL_WEIGHT, HeadSettings
 from ctal_ds.finetune.reports.base import ReportSettings
 from ctal_ds.train.cli import parse_assignments
 from ctal_ds.train.config import (
@@ -39,6 +39,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--classifier-dropout", type=float, default=0.1)
     optim = p.add_argument_group("optimisation (paper 4.2.1: AdamW 1e-5, batch 4, 20 epochs, cosine)")
     optim.add_argument("--epochs", type=int, default=20)
+    optim.add_argument("--min-steps", type=int, default=0,
+                       help="at least this many optimizer steps: more epochs for a small training set")
     optim.add_argument("--lr", type=float, default=1e-5)
     optim.add_argument("--warmup-steps", type=int, default=0, help="linear warmup in optimizer steps")
     optim.add_argument("--schedule", choices=["cosine", "config"], default="cosine",
@@ -67,8 +69,11 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_head_arguments(p: argparse.ArgumentParser) -> None:
     head = p.add_argument_group("head and ablations (paper table 4)")
-    head.add_argument("--orthogonal-weight", type=float, default=1.0, help="weight of L_orth; 0 switches it off")
+    head.add_argument("--orthogonal-weight", type=float, default=ORTHOGONAL_WEIGHT,
+                      help=f"weight of L_orth (default {ORTHOGONAL_WEIGHT}); 0 switches it off")
     head.add_argument("--no-fusion", action="store_true", help="concatenate the four pooled vectors (no h_fuse)")
+    head.add_argument("--probe", action="store_true",
+                      help="frozen backbone: train only a weighted sum of its layers, the pooling and the head")
     head.add_argument("--modality", choices=["both", "audio", "text"], default="both",
                       help="audio / text: use only that stream's outputs")
 
@@ -106,10 +111,11 @@ def config_from_args(args: argparse.Namespace, **changes) -> FinetuneConfig:
         ),  # fmt: skip
         head=HeadSettings(
             fusion=not values["no_fusion"], orthogonal_weight=values["orthogonal_weight"],
-            modality=values["modality"], classifier_dropout=values["classifier_dropout"],
+            modality=values["modality"], classifier_dropout=values["classifier_dropout"], probe=values["probe"],
         ),  # fmt: skip
         variant=values["variant"],
         epochs=values["epochs"],
+        min_steps=values["min_steps"],
         schedule=values["schedule"],
         optim=OptimOverrides(
             precision=values["precision"], micro_batch_size=values["micro_batch_size"],

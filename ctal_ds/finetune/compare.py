@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # The numbers of paper tables 1-4, per task, in the order shown.
 KEY_METRICS: dict[str, tuple[str, ...]] = {
@@ -22,6 +23,19 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "speaker": ("eer", "min_dcf", "centroid_eer"),
 }
 LOWER_IS_BETTER = {"mae", "eer", "min_dcf", "centroid_eer"}
+# The comparisons a summary states: each variant against its baseline.
+BASELINES = {"pretrained": "scratch", "probe": "probe_random"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One fine-tune's reported test metrics, whatever store they came from."""
+
+    task: str
+    variant: str
+    fraction: float
+    finished: bool
+    metrics: Mapping[str, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,3 +176,95 @@ def _spread(values: list[float], stds: list[float]) -> float:
         return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
     finite = [s for s in stds if not math.isnan(s)]
     return finite[0] if finite else 0.0
+
+
+def summary_rows(outcomes: Sequence[Outcome], papers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per (task, variant, fraction): each key metric's mean over seeds, its
+    spread (sample std over seeds; with one seed, the std over folds if any) and n.
+    ``papers`` names each variant's row of paper table 4."""
+    groups: dict[tuple[str, str, float], list[Outcome]] = {}
+    for r in outcomes:
+        groups.setdefault((r.task, r.variant, r.fraction), []).append(r)
+    rows = []
+    for (task, variant, fraction), runs in groups.items():
+        paper = (papers or {}).get(variant, "")
+        done = [r for r in runs if r.finished]
+        row = {"task": task, "variant": variant, "table4": paper, "fraction": fraction, "n": len(done),
+               "finished": len(done) == len(runs)}  # fmt: skip
+        for m in KEY_METRICS.get(task, ()):
+            values = [r.metrics[m] for r in done if m in r.metrics]
+            if not values:
+                row[m] = row[f"{m}_std"] = None
+                continue
+            row[m] = sum(values) / len(values)
+            if len(values) > 1:
+                row[f"{m}_std"] = math.sqrt(sum((v - row[m]) ** 2 for v in values) / (len(values) - 1))
+            else:
+                row[f"{m}_std"] = done[0].metrics.get(f"{m}_std")
+        rows.append(row)
+    return rows
+
+
+def claims(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each variant against its baseline (BASELINES) per task, fraction and key metric.
+
+    A difference is called only when it exceeds the spread: larger than the sum of the
+    two standard deviations over seeds, with at least two seeds on each side; anything
+    else is "within spread" (or "n < 2").
+    """
+    index = {(r["task"], r["variant"], r["fraction"]): r for r in rows}
+    out = []
+    for (task, variant, fraction), row in index.items():
+        baseline = index.get((task, BASELINES.get(variant, ""), fraction))
+        if baseline is None:
+            continue
+        for m in KEY_METRICS.get(task, ()):
+            a, b = row.get(m), baseline.get(m)
+            if a is None or b is None:
+                continue
+            diff = a - b
+            spread = (row.get(f"{m}_std") or 0.0) + (baseline.get(f"{m}_std") or 0.0)
+            gain = -diff if m in LOWER_IS_BETTER else diff
+            if min(row["n"], baseline["n"]) < 2:
+                verdict = "n < 2"
+            elif abs(diff) <= spread:
+                verdict = "within spread"
+            else:
+                verdict = "better" if gain > 0 else "worse"
+            out.append({"task": task, "fraction": fraction, "variant": variant, "baseline": baseline["variant"],
+                        "metric": m, "value": a, "baseline_value": b, "difference": diff, "spread": spread,
+                        "verdict": verdict})  # fmt: skip
+    return out
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows of ``summary_rows`` (mean ± std over seeds, n) and the ``claims``."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        metrics = KEY_METRICS.get(task, ())
+        lines += [f"### {task}", "", "| variant | table 4 | fraction | n | " + " | ".join(metrics) + " |",
+                  "| --- | --- | --- | --- |" + " --- |" * len(metrics)]  # fmt: skip
+        for r in sorted((r for r in rows if r["task"] == task), key=lambda r: r["fraction"]):
+            cells = [_cell(r.get(m), r.get(f"{m}_std")) for m in metrics]
+            lines.append(f"| {r['variant']} | {r['table4']} | {r['fraction']:g} | {r['n']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    stated = claims(rows)
+    if stated:
+        lines += ["### against the baseline (called only beyond the sum of both spreads)", "",
+                  "| task | fraction | variant | vs | metric | difference | spread | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for c in stated:
+            lines.append(f"| {c['task']} | {c['fraction']:g} | {c['variant']} | {c['baseline']} | {c['metric']} | "
+                         f"{c['difference']:+.4f} | {c['spread']:.4f} | {c['verdict']} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, std: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if std is None or std != std else f"{value:.4f} ± {std:.4f}"
+
+
+def outcomes_of(rows: Sequence[RunRow]) -> list[Outcome]:
+    return [Outcome(r.task, r.variant, r.fraction, r.status == "FINISHED", r.metrics) for r in rows]

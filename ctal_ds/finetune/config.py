@@ -70,6 +70,9 @@ class FinetuneConfig:
     # A name grouping runs for comparison (launch/compare.py); derived when empty.
     variant: str = ""
     epochs: int = 20
+    # At least this many optimizer steps: a small training set (a low --fraction) gets
+    # more epochs instead of a handful of updates. 0: exactly `epochs`.
+    min_steps: int = 0
     # cosine: DeepSpeed's WarmupCosineLR spanning the whole run, stepped per optimizer
     # step; config: the JSON's own scheduler section.
     schedule: str = "cosine"
@@ -88,6 +91,10 @@ class FinetuneConfig:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoints"
 
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs of the run: ``epochs``, or more to reach ``min_steps``."""
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
+
     def default_variant(self) -> str:
         """``pretrained`` or ``scratch``, plus the head switches that differ from CTAL's."""
         parts = ["scratch" if self.init.scratch else "pretrained"]
@@ -97,6 +104,8 @@ class FinetuneConfig:
             parts.append("no_orth")
         if self.head.modality != "both":
             parts.append(f"{self.head.modality}_only")
+        if self.head.probe:
+            parts.append("probe")
         return "+".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +130,8 @@ def validate(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--fraction must be in (0, 1], got {cfg.data.fraction}")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.min_steps < 0:
+        raise ConfigError(f"--min-steps must be >= 0, got {cfg.min_steps}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.head.orthogonal_weight < 0:
@@ -131,3 +142,52 @@ def validate(cfg: FinetuneConfig) -> None:
         raise ConfigError("--keep-last must be at least 1")
     if cfg.report.trials is not None and not cfg.report.trials.is_file():
         raise ConfigError(f"--trials {cfg.report.trials}: no such file")
+    check_splits(cfg)
+
+
+def check_splits(cfg: FinetuneConfig) -> None:
+    """The task's train / dev / test splits of the shards, built as the run builds them: a
+    shard set too small for them fails here, naming the setting to change, instead of
+    after the process group and the engine have started."""
+    from ctal_ds.finetune.data import load_task_samples
+    from ctal_ds.tasks import build_task
+
+    task, settings = cfg.data.task, cfg.data.task_settings
+    # Cached: the run reads the same samples again without touching the shards.
+    records = load_task_samples(cfg.data.shards).records()
+    try:
+        spec = build_task(task, records, **settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--task {task} with --task-setting {settings}: {err}") from None
+    try:
+        splits = spec.splits(records)
+    except ValueError as err:
+        fix = _larger_dev_fraction(task, records, settings, spec)
+        advice = (
+            f"; set --task-setting dev_fraction={fix:g} (the smallest dev share these shards allow), "
+            "or build the shards from more data"
+            if fix is not None
+            else ""
+        )
+        raise ConfigError(f"--shards {cfg.data.shards}: the {task} task cannot split them: {err}{advice}") from None
+    names = [s.name for s in splits]
+    if cfg.data.fold != "all" and not {cfg.data.fold, f"fold{cfg.data.fold}"} & set(names):
+        raise ConfigError(f"--fold {cfg.data.fold}: no such split; the task has {names}")
+
+
+def _larger_dev_fraction(task: str, records: list, settings: dict[str, Any], spec: Any) -> float | None:
+    """The smallest dev_fraction above the task's own with which its splits can be built,
+    if it has one (its dev split is one part in round(1 / dev_fraction), at most 0.5)."""
+    from ctal_ds.tasks import build_task
+
+    current = getattr(spec, "dev_fraction", None)
+    if current is None:
+        return None
+    for parts in range(round(1 / current) - 1, 1, -1):
+        fraction = float(f"{1 / parts:.3g}")
+        try:
+            build_task(task, records, **{**settings, "dev_fraction": fraction}).splits(records)
+        except ValueError:
+            continue
+        return fraction
+    return None

@@ -27,6 +27,7 @@ import torch
 
 from ctal_ds.model import CTALConfig, CTALForSequenceTask
 from ctal_ds.model.pretrained import CONFIG_NAME, TOKENIZER_NAME, read_pretrained_config
+from ctal_ds.model.tasks import ORTHOGONAL_WEIGHT
 from ctal_ds.tasks.base import TaskSpec
 
 
@@ -35,9 +36,11 @@ class HeadSettings:
     """The fine-tuning head and the ablation switches of table 4 (d)-(f)."""
 
     fusion: bool = True
-    orthogonal_weight: float = 1.0
+    orthogonal_weight: float = ORTHOGONAL_WEIGHT
     modality: str = "both"  # both | audio | text
     classifier_dropout: float = 0.1
+    # Frozen backbone, learnable mix of every layer's states: the probe of SUPERB.
+    probe: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,9 +90,18 @@ def check_vocabulary(model_dir: Path, tokenizer: Path, vocab_size: int) -> None:
         )
 
 
-def scratch_config(preset: str, vocab_size: int, longest_frames: int, overrides: dict[str, Any]) -> CTALConfig:
+def scratch_config(
+    preset: str, vocab_size: int, longest_frames: int, overrides: dict[str, Any], longest_tokens: int = 0
+) -> CTALConfig:
+    """The preset widened to the task shards, as pre-training widens it to its shards:
+    position tables too short for the longest utterance or transcript would stop the
+    run at the first batch that holds it."""
     base = CTALConfig.preset(preset)
-    fitted = {"vocab_size": vocab_size, "max_frames": max(base.max_frames, longest_frames)}
+    fitted = {
+        "vocab_size": vocab_size,
+        "max_frames": max(base.max_frames, longest_frames),
+        "max_tokens": max(base.max_tokens, longest_tokens),
+    }
     return CTALConfig.preset(preset, **{**fitted, **overrides})
 
 
@@ -105,8 +117,8 @@ def build_task_model(
 ) -> CTALForSequenceTask:
     """The task model; identical on every rank (the head is drawn from ``seed``).
 
-    ``fitted``: ``vocab_size`` and ``longest_frames`` of the task shards, for a
-    scratch model built from a preset.
+    ``fitted``: ``vocab_size``, ``longest_frames`` and ``longest_tokens`` of the task
+    shards, for a scratch model built from a preset.
     """
     torch.manual_seed(seed)
     task_args = dict(task=spec.kind, num_labels=spec.num_labels, **head.kwargs())
@@ -114,7 +126,10 @@ def build_task_model(
         if not scratch:
             raise ValueError("give a pre-trained model (--init) or ask for --scratch")
         fitted = fitted or {}
-        config = scratch_config(preset, fitted["vocab_size"], fitted.get("longest_frames", 0), overrides or {})
+        config = scratch_config(
+            preset, fitted["vocab_size"], fitted.get("longest_frames", 0), overrides or {},
+            fitted.get("longest_tokens", 0),
+        )  # fmt: skip
         return CTALForSequenceTask(config, **task_args)
     meta = read_pretrained_config(init)
     if scratch:

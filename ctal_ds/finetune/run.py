@@ -97,7 +97,7 @@ def run_identity(cfg: FinetuneConfig, variant: str, split: str, role: str) -> tu
     """Tags for grouping in the tracking store (launch/compare.py) and the matching params."""
     tags = {
         "task": cfg.data.task, "variant": variant, "init": cfg.init.label, "fold": split,
-        "fraction": f"{cfg.data.fraction:g}", "role": role,
+        "fraction": f"{cfg.data.fraction:g}", "seed": str(cfg.seed), "role": role,
     }  # fmt: skip
     return tags, {f"finetune.{k}": v for k, v in tags.items() if k != "role"}
 
@@ -182,7 +182,8 @@ def finetune_split(
     longest = max(s.n_frames for s in data.samples.values())
     model = build_task_model(
         spec, cfg.head, init_dir, cfg.init.scratch, cfg.seed, cfg.init.preset,
-        {"vocab_size": data.vocab_size, "longest_frames": longest}, cfg.init.overrides,
+        {"vocab_size": data.vocab_size, "longest_frames": longest,
+         "longest_tokens": max(len(s.tokens) for s in data.samples.values())}, cfg.init.overrides,
     )  # fmt: skip
     raw = ds_config.load(cfg.deepspeed_config)
     plan = finetune_ds.batch_plan(raw, cfg, info.world_size, info.world_size_var)
@@ -190,7 +191,8 @@ def finetune_split(
         spec, samples, model, EpochPlan(plan.micro, plan.accum, plan.world, cfg.seed), out, info.rank,
         info.world_size, cfg.data.eval_batch_size, cfg.report, data.tokenizer,
     )  # fmt: skip
-    steps = cfg.epochs * task.steps_per_epoch
+    epochs = cfg.epochs_for(task.steps_per_epoch)
+    steps = epochs * task.steps_per_epoch
     accel = get_accelerator()
     ds, plan, notes = finetune_ds.resolve(
         raw, cfg, steps, info.world_size, info.world_size_var, accel.device_name(), accel.is_fp16_supported()
@@ -202,7 +204,7 @@ def finetune_split(
     )  # fmt: skip
     if info.is_main:
         print(f"[ctal-ds] {spec.name} {split.name} ({variant}): {len(samples.train)} train / {len(samples.dev)} dev / "
-              f"{len(samples.test)} test utterances, {cfg.epochs} epochs x {task.steps_per_epoch} steps", flush=True)  # fmt: skip
+              f"{len(samples.test)} test utterances, {epochs} epochs x {task.steps_per_epoch} steps", flush=True)  # fmt: skip
         print("\n".join(f"[ctal-ds] {note}" for note in notes), flush=True)
     resume_dir = resolve_resume(cfg.checkpoint.resume, split_cfg.checkpoint_dir)
     if resume_dir is not None and is_universal(resume_dir):

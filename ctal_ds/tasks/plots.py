@@ -54,7 +54,8 @@ def plot_data_efficiency(
     results: Mapping[str, Sequence[tuple[float, float]]], metric_name: str, path: str | Path
 ) -> Path:
     """One line per variant (e.g. CTAL, w/o pre-training) of ``metric_name`` against the
-    fraction of training data used, as in paper figures 2-3."""
+    fraction of training data used, as in paper figures 2-3. A point is (fraction,
+    value) or (fraction, mean, std over seeds); the std is drawn as an error bar."""
     if not results:
         raise ValueError("no variants to plot")
     fig = Figure(figsize=(5, 3.6))
@@ -62,8 +63,9 @@ def plot_data_efficiency(
     for variant, points in results.items():
         if not points:
             raise ValueError(f"variant {variant!r} has no points")
-        fractions, values = zip(*sorted(points))
-        ax.plot([100 * f for f in fractions], values, marker="o", label=variant)
+        rows = sorted(tuple(p) + (0.0,) * (3 - len(p)) for p in points)
+        fractions, values, stds = zip(*rows)
+        ax.errorbar([100 * f for f in fractions], values, yerr=stds, marker="o", capsize=3, label=variant)
     ax.set(xlabel="training data used (%)", ylabel=metric_name)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctal_ds.finetune.ablate import VARIANTS, parse_variants, variant_config
+from ctal_ds.finetune.ablate import PROBE_LR_SCALE, VARIANTS, parse_variants, variant_config
 from ctal_ds.finetune.config import FinetuneConfig, TaskDataConfig
 from ctal_ds.finetune.model import build_task_model
 from ctal_ds.model import CTALConfig, CTALForPretraining
@@ -105,7 +105,9 @@ def test_orthogonal_weight_zero_excludes_l_orth_from_the_loss_and_its_gradient(p
     assert out["orth_loss"] > 0 and torch.equal(out["loss"], out["task_loss"])
     regularised.load_state_dict(plain.state_dict())
     out_reg = regularised(batch(0))
-    torch.testing.assert_close(out_reg["loss"], out_reg["task_loss"] + out_reg["orth_loss"])
+    weight = regularised.task_config.orthogonal_weight
+    assert weight > 0
+    torch.testing.assert_close(out_reg["loss"], out_reg["task_loss"] + weight * out_reg["orth_loss"])
     grads = []
     for m in (plain, regularised):
         m.zero_grad()
@@ -117,3 +119,51 @@ def test_orthogonal_weight_zero_excludes_l_orth_from_the_loss_and_its_gradient(p
 def test_unknown_variant_names_are_refused():
     with pytest.raises(ValueError, match="known:"):
         parse_variants("pretrained,no_audio")
+
+
+def test_variant_labels_match_the_rows_of_paper_table_4():
+    # (e) "w/o audio Outputs" keeps the text outputs, (f) "w/o language Outputs" the audio.
+    assert VARIANTS["text_only"].paper.startswith("(e) w/o audio outputs") and VARIANTS["text_only"].modality == "text"
+    assert VARIANTS["audio_only"].paper.startswith("(f) w/o language outputs")
+    assert VARIANTS["audio_only"].modality == "audio"
+    assert VARIANTS["no_mlm"].paper.startswith("(b)") and VARIANTS["no_mcam"].paper.startswith("(c)")
+    assert VARIANTS["no_fusion"].paper.startswith("(d)")
+    assert VARIANTS["unimodal"].paper.startswith("(g) w/o cross-modal pre-training")
+
+
+def test_probe_variants_freeze_the_pretrained_or_a_random_backbone(pretrained, tmp_path):
+    reference = CTALForPretraining.from_pretrained(pretrained).ctal.state_dict()
+    cfg, probe = model_of("probe", {"pretrained": pretrained}, tmp_path)
+    cfg_random, random = model_of("probe_random", {"pretrained": pretrained}, tmp_path)
+    assert cfg.head.probe and cfg_random.head.probe and cfg_random.init.scratch
+    base_lr = model_of("pretrained", {"pretrained": pretrained}, tmp_path)[0].optim.lr
+    assert cfg.optim.lr == cfg_random.optim.lr == base_lr * PROBE_LR_SCALE
+    assert all(torch.equal(probe.ctal.state_dict()[k], v) for k, v in reference.items())
+    assert not torch.equal(random.ctal.text_encoder.embeddings.token.weight, reference["text_encoder.embeddings.token.weight"])
+    for model in (probe, random):
+        assert not any(p.requires_grad for p in model.ctal.parameters())
+        assert model.text_layer_weights.requires_grad and model.classifier.weight.requires_grad
+
+
+def test_unimodal_variant_starts_from_a_model_without_cross_attention(tmp_path):
+    torch.manual_seed(0)
+    unimodal = CTALForPretraining(CTALConfig.preset("tiny", vocab_size=64, cross_attention=False))
+    directory = unimodal.save_pretrained(tmp_path / "unimodal")
+    with pytest.raises(ValueError, match="unimodal pre-trained model"):
+        model_of("unimodal", {"pretrained": directory}, tmp_path)
+    cfg, model = model_of("unimodal", {"unimodal": directory}, tmp_path)
+    assert cfg.init.init == directory and not model.config.cross_attention
+    b, other = batch(0), batch(0)
+    other["input_ids"][:, 1:] = torch.randint(5, 64, other["input_ids"][:, 1:].shape)
+    other["input_ids"] = other["input_ids"].masked_fill(~other["text_mask"], 1)
+    states = model.ctal(b["input_ids"], b["text_mask"], b["audio_feats"], b["audio_mask"])
+    changed = model.ctal(other["input_ids"], other["text_mask"], other["audio_feats"], other["audio_mask"])
+    torch.testing.assert_close(states.audio_states, changed.audio_states, rtol=0, atol=0)  # the streams never meet
+
+
+def test_seed_offsets_change_the_seed_and_the_subset_and_name_the_directory(pretrained, tmp_path):
+    base = FinetuneConfig(out=tmp_path, deepspeed_config=Path("ds.json"), data=TaskDataConfig("emotion", tmp_path))
+    first = variant_config(base, VARIANTS["scratch"], {"pretrained": pretrained}, 0.1, tmp_path)
+    third = variant_config(base, VARIANTS["scratch"], {"pretrained": pretrained}, 0.1, tmp_path, seed=2)
+    assert (third.seed - first.seed, third.data.subset_seed - first.data.subset_seed) == (2, 2)
+    assert first.out.name == "scratch-f0.1" and third.out.name == "scratch-f0.1-s2"

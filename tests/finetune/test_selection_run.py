@@ -55,11 +55,15 @@ def test_lr_follows_one_cosine_over_the_run_stepped_per_optimizer_step(misled_ru
     assert lrs[total // 2] == pytest.approx(LR / 2, rel=0.1)  # half-way is half-way, not per micro batch
 
 
-def test_loss_logged_is_the_task_loss_plus_the_orthogonal_loss(misled_run):
+def test_loss_logged_is_the_task_loss_plus_the_weighted_orthogonal_loss(misled_run):
+    from ctal_ds.model.tasks import ORTHOGONAL_WEIGHT
+
     _, _, out = misled_run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
-    assert rows and all(r["train/loss"] == pytest.approx(r["train/task_loss"] + r["train/orth_loss"], rel=1e-5)
-                        for r in rows)  # fmt: skip
+    assert rows and all(
+        r["train/loss"] == pytest.approx(r["train/task_loss"] + ORTHOGONAL_WEIGHT * r["train/orth_loss"], rel=1e-5)
+        for r in rows
+    )
     assert all(r["train/orth_loss"] > 0 for r in rows)
 
 
