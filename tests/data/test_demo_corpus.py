@@ -484,3 +484,14 @@ def test_small_corpus_has_unlabelled_train_other_read_like_the_other_subsets(cor
     assert all(set(r.labels) == set(clean.labels) for r in other)
     rows = (corpus / "librispeech" / "SPEAKERS.TXT").read_text().splitlines()
     assert sum("| train-other" in row for row in rows) == 2
+
+
+def test_review_lines_agree_in_sentiment_so_context_tells_good_from_bad():
+    from ctal_ds.data.demo.sentences import POLAR_ADJECTIVES, SentenceGenerator
+
+    gen = SentenceGenerator(np.random.default_rng(0))
+    for _ in range(300):
+        line = gen.review()
+        words = line.text.lower().replace(",", " ").replace(".", " ").split()
+        signs = {np.sign(POLAR_ADJECTIVES[w]) for w in words if w in POLAR_ADJECTIVES}
+        assert len(signs) == 1 and np.sign(line.polarity) in signs, line

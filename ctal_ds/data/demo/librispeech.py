@@ -35,6 +35,8 @@ TRAIN_OTHER = SUBSETS[2]
 OPINION_SHARE = 0.25  # the rest is neutral narration
 # train-other texts: narration, opinions and lines of dialogue.
 OTHER_TEXT_SHARES = (("neutral", 0.5), ("opinion", 0.3), ("emotional", 0.2))
+# Of train-other's opinion lines, the share in review style (clauses agreeing in sentiment).
+REVIEW_SHARE = 0.5
 _SPEAKER_IDS = (10, 9000)  # LibriSpeech ids are small integers; chapters are larger
 _CHAPTER_IDS = (1000, 200000)
 
@@ -129,7 +131,7 @@ def add_train_other(
                 if kind == "neutral":
                     sentence = gen.neutral(topic)
                 elif kind == "opinion":
-                    sentence = gen.opinion(topic)
+                    sentence = gen.review(topic) if rng.random() < REVIEW_SHARE else gen.opinion(topic)
                 else:
                     emotion = emotions[int(rng.integers(len(emotions)))]
                     sentence = gen.emotional(emotion)

@@ -403,6 +403,34 @@ class SentenceGenerator:
             polarity *= NEGATION_FACTOR
         return Sentence(_finish(text, end), round(_clip3(polarity), 3), topic.name)
 
+    def review(self, topic: Topic | None = None) -> Sentence:
+        """A review-like line whose clauses agree in sentiment, as opinions in running
+        text do ("the soup was lovely and the bread was really perfect", "I hated the
+        bus, it was awful"). ``opinion`` alone gives a masked language model no context
+        that tells "good" from "bad" (they fill the same slots, and "but" pairs
+        opposites); agreeing clauses are that context, the one word embeddings learn
+        sentiment from in real text."""
+        topic = topic or self.topic()
+        sign = 1 if self._chance(0.5) else -1
+        (sg, _), (sg2, _) = (self._pick(topic.nouns), self._pick(topic.nouns))
+        kind = int(self.rng.integers(3))
+        if kind == 0:
+            (adj1, s1), (adj2, s2) = self._polar_adjective(sign), self._polar_adjective(sign)
+            intens = self._pick(tuple(INTENSIFIERS))
+            text = f"the {sg} was {adj1} and the {sg2} was {intens} {adj2}".replace("  ", " ")
+            polarity = (s1 + s2 * INTENSIFIERS[intens]) / 2
+        elif kind == 1:
+            names = [v for v, (sc, _, _) in POLAR_VERBS.items() if np.sign(sc) == sign]
+            score, _, past = POLAR_VERBS[self._pick(names)]
+            adj, s2 = self._polar_adjective(sign)
+            text = f"I {past} the {sg}, it was {adj}"
+            polarity = (score + s2) / 2
+        else:
+            (adj1, s1), (adj2, s2) = self._polar_adjective(sign), self._polar_adjective(sign)
+            text = f"such {_article(adj1)} {adj1} {sg}, and so {adj2} too"
+            polarity = (s1 + s2) / 2
+        return Sentence(_finish(text), round(_clip3(polarity), 3), topic.name)
+
     # -- emotional lines for the dialogue corpus ------------------------------------
     def emotional(self, emotion: str) -> Sentence:
         """A conversational line whose words suggest a valence. Angry, sad and frustrated
