@@ -138,3 +138,28 @@ def test_probe_mixes_every_layer_by_its_softmax_weight(config):
     torch.testing.assert_close(audio, sum(w * h for w, h in zip(wa, states.audio_layers)))
     assert len(states.text_layers) == config.num_text_layers + 1
     torch.testing.assert_close(states.audio_layers[-1], states.audio_states)
+
+
+def test_default_orthogonal_weight_lets_the_task_loss_lead_a_pretrained_start(config, pretrained_dir):
+    """At weight 1 the gradient of L_orth into a pre-trained backbone is larger than the
+    task loss's (1.5x here), so the regulariser, not the task, would steer the first
+    updates; at the default weight the task leads."""
+    from ctal_ds.model.tasks import ORTHOGONAL_WEIGHT
+
+    torch.manual_seed(0)
+    model = CTALForSequenceTask.from_pretrained(pretrained_dir, task="classification", num_labels=2).train()
+    ids, labels = sentences(list(GROUPS), 8, np.random.default_rng(0))
+    batch = text_batch(ids, labels)
+    batch["audio_feats"] = torch.randn(len(ids), 30, config.feat_dim)
+    batch["audio_mask"] = torch.ones(len(ids), 30, dtype=torch.bool)
+    out = model(batch)
+    backbone = [p for p in model.ctal.parameters()]
+
+    def grad_norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, backbone, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum((g**2).sum() for g in grads if g is not None)))
+
+    task, orth = grad_norm(out["task_loss"]), grad_norm(out["orth_loss"])
+    assert orth > task  # at weight 1 the regulariser would lead
+    assert ORTHOGONAL_WEIGHT * orth < task
+    assert model.task_config.orthogonal_weight == ORTHOGONAL_WEIGHT
