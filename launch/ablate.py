@@ -36,13 +36,12 @@ from pathlib import Path
 from ctal_ds.finetune.ablate import (
     STARTS,
     comparison_rows,
-    data_efficiency_plots,
     parse_variants,
     run_all,
     write_csv,
 )
 from ctal_ds.finetune.cli import add_common_arguments, add_head_arguments, config_from_args
-from ctal_ds.finetune.compare import summary_markdown
+from ctal_ds.finetune.compare import data_efficiency_plots, summary_markdown
 from ctal_ds.finetune.config import FinetuneConfig, validate
 from ctal_ds.tasks import TASKS
 from ctal_ds.train.cli import parse_value

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ctal_ds.finetune.compare import (
     bar_charts,
+    data_efficiency_plots,
     load_runs,
     markdown_table,
     outcomes_of,
@@ -52,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: no fine-tune runs in {uri}", file=sys.stderr)
         return 1
     print(markdown_table(rows))
+    summary = summary_rows(outcomes_of(rows))
     print("## over seeds\n")
-    print(summary_markdown(summary_rows(outcomes_of(rows))))
+    print(summary_markdown(summary))
     out = args.out or (store.parent / "compare" if uri.startswith("sqlite:///") else Path("compare"))
     csv = write_csv(rows, out / "comparison.csv")
-    charts = bar_charts(rows, out)
+    charts = bar_charts(rows, out) + data_efficiency_plots(summary, out)
     print(f"wrote {csv} and {len(charts)} chart(s) in {out}")
     return 0
 

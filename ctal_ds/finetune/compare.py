@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ctal_ds.tasks.plots import plot_data_efficiency
+
 # The numbers of paper tables 1-4, per task, in the order shown.
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "emotion": ("wa", "ua"),
@@ -268,3 +270,21 @@ def _cell(value: float | None, std: float | None) -> str:
 
 def outcomes_of(rows: Sequence[RunRow]) -> list[Outcome]:
     return [Outcome(r.task, r.variant, r.fraction, r.status == "FINISHED", r.metrics) for r in rows]
+
+
+def data_efficiency_plots(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """Figures 2-3: per task and key metric, one line per variant over the fractions,
+    the spread over seeds as error bars (rows from ``comparison_rows``)."""
+    written = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        task_rows = [r for r in rows if r["task"] == task and r["n"] > 0]
+        if len({r["fraction"] for r in task_rows}) < 2:
+            continue
+        for metric in KEY_METRICS.get(task, ()):
+            curves: dict[str, list[tuple[float, float, float]]] = {}
+            for r in task_rows:
+                if r.get(metric) is not None:
+                    curves.setdefault(r["variant"], []).append((r["fraction"], r[metric], r.get(f"{metric}_std") or 0.0))
+            if curves:
+                written.append(plot_data_efficiency(curves, metric, Path(out_dir) / f"data_efficiency_{task}_{metric}.png"))
+    return written

@@ -200,7 +200,7 @@ def finetune_split(
     split_cfg = dataclasses.replace(
         cfg, out=out,
         loop=dataclasses.replace(cfg.loop, steps=steps, eval_every=task.steps_per_epoch),
-        checkpoint=dataclasses.replace(cfg.checkpoint, save_every=cfg.checkpoint.save_every or task.steps_per_epoch),
+        checkpoint=dataclasses.replace(cfg.checkpoint, save_every=cfg.checkpoint.save_every or _save_interval(task.steps_per_epoch)),
     )  # fmt: skip
     if info.is_main:
         print(f"[ctal-ds] {spec.name} {split.name} ({variant}): {len(samples.train)} train / {len(samples.dev)} dev / "
@@ -240,6 +240,16 @@ def finetune_split(
         _finish_split(task, tracker, result, report, trainer.step)
     torch.distributed.barrier()
     return result
+
+
+# Checkpoints of a fine-tune come at epoch ends, but not more often than this many
+# steps: a small training set (a low fraction) has epochs of a few steps, and a
+# checkpoint per epoch would cost more than the training.
+MIN_SAVE_STEPS = 100
+
+
+def _save_interval(steps_per_epoch: int) -> int:
+    return steps_per_epoch * -(-MIN_SAVE_STEPS // steps_per_epoch)
 
 
 def _finish_split(task: FinetuneTask, tracker: Any, result: SplitResult, report: Report, step: int) -> None:
