@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from ctal_ds.finetune.ablate import VARIANTS
 from ctal_ds.finetune.compare import (
     bar_charts,
     data_efficiency_plots,
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: no fine-tune runs in {uri}", file=sys.stderr)
         return 1
     print(markdown_table(rows))
-    summary = summary_rows(outcomes_of(rows))
+    summary = summary_rows(outcomes_of(rows), {name: v.paper for name, v in VARIANTS.items()})
     print("## over seeds\n")
     print(summary_markdown(summary))
     out = args.out or (store.parent / "compare" if uri.startswith("sqlite:///") else Path("compare"))
