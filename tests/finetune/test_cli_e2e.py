@@ -69,8 +69,11 @@ def test_ablation_with_fractions_writes_one_table_curves_and_a_comparable_store(
 
     compared = run("compare", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--out", str(tmp_path / "cmp"))
     assert compared.returncode == 0, compared.stderr[-3000:]
-    rows = [line for line in compared.stdout.splitlines() if line.startswith("| pretrained") or line.startswith("| scratch")]
-    assert len(rows) == 4 and any("| 0.5 |" in r for r in rows)
+    runs, _, summary = compared.stdout.partition("## over seeds")
+    for part in (runs, summary):  # one row per run, then one per (variant, fraction) over seeds
+        rows = [line for line in part.splitlines() if line.startswith(("| pretrained", "| scratch"))]
+        assert len(rows) == 4 and any("| 0.5 |" in r for r in rows)
+    assert "| sentiment | 0.5 | pretrained | scratch | mae |" in summary
     assert (tmp_path / "cmp" / "sentiment_mae.png").is_file()
 
 
