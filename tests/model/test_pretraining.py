@@ -1,6 +1,5 @@
 """MLM + MCAM pre-training losses (section 3.2)."""
 
-import time
 
 import pytest
 import torch
@@ -126,7 +125,6 @@ def test_tiny_model_overfits_one_batch(tiny_config, batch):
     torch.manual_seed(0)
     model = CTALForPretraining(tiny_config).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    start = time.perf_counter()
     first = model(batch)
     for _ in range(200):
         optimizer.zero_grad()
@@ -135,4 +133,3 @@ def test_tiny_model_overfits_one_batch(tiny_config, batch):
         optimizer.step()
     for part in ("mlm_loss", "mcam_loss"):
         assert out[part].item() < 0.1 * first[part].item(), (part, first[part], out[part])
-    assert time.perf_counter() - start < 20
