@@ -170,9 +170,12 @@ def check_splits(cfg: FinetuneConfig) -> None:
             else ""
         )
         raise ConfigError(f"--shards {cfg.data.shards}: the {task} task cannot split them: {err}{advice}") from None
-    names = [s.name for s in splits]
-    if cfg.data.fold != "all" and not {cfg.data.fold, f"fold{cfg.data.fold}"} & set(names):
-        raise ConfigError(f"--fold {cfg.data.fold}: no such split; the task has {names}")
+    from ctal_ds.finetune.run import choose_splits
+
+    try:
+        choose_splits(splits, cfg.data.fold)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _larger_dev_fraction(task: str, records: list, settings: dict[str, Any], spec: Any) -> float | None:
