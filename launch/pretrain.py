@@ -17,7 +17,7 @@ import sys
 
 from ctal_ds import dist
 from ctal_ds.train import components, ds_config
-from ctal_ds.train.checkpoint import is_universal, resolve_resume
+from ctal_ds.train.checkpoint import agree_on_resume, is_universal
 from ctal_ds.train.cli import build_parser, run_config_from_args, validate
 from ctal_ds.train.config import ConfigError
 from ctal_ds.train.engine import close_process_group, init_process_group, start_run
@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     info = init_process_group()
     if info.is_main:
         print("\n".join(f"[ctal-ds] {note}" for note in notes), flush=True)
-    resume_dir = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir)
+    resume = agree_on_resume(cfg.checkpoint.resume, cfg.checkpoint_dir, cfg.checkpoint.verify_hash)
+    resume_dir = resume.tag_dir
     if resume_dir is not None and is_universal(resume_dir):
         ds.setdefault("checkpoint", {})["load_universal"] = True
     trainer = components.build_trainer(cfg, info, ds, plan)
-    start_run(trainer, cfg, info, ds, plan, resume_dir)
+    start_run(trainer, cfg, info, ds, plan, resume_dir, tags=resume.tracking_tags())
 
     try:
         outcome = trainer.train()

@@ -37,7 +37,7 @@ from ctal_ds.finetune.task import FinetuneTask
 from ctal_ds.tasks import build_task
 from ctal_ds.tasks.base import Split, TaskSpec
 from ctal_ds.train import ds_config
-from ctal_ds.train.checkpoint import Checkpointer, is_universal, resolve_resume
+from ctal_ds.train.checkpoint import Checkpointer, agree_on_resume, is_universal
 from ctal_ds.train.components import model_meta
 from ctal_ds.train.engine import build_engine, start_run
 from ctal_ds.train.health import HealthMonitor, TrainingDiverged, min_loss_scale
@@ -206,7 +206,8 @@ def finetune_split(
         print(f"[ctal-ds] {spec.name} {split.name} ({variant}): {len(samples.train)} train / {len(samples.dev)} dev / "
               f"{len(samples.test)} test utterances, {epochs} epochs x {task.steps_per_epoch} steps", flush=True)  # fmt: skip
         print("\n".join(f"[ctal-ds] {note}" for note in notes), flush=True)
-    resume_dir = resolve_resume(cfg.checkpoint.resume, split_cfg.checkpoint_dir)
+    resume = agree_on_resume(cfg.checkpoint.resume, split_cfg.checkpoint_dir, cfg.checkpoint.verify_hash)
+    resume_dir = resume.tag_dir
     if resume_dir is not None and is_universal(resume_dir):
         ds.setdefault("checkpoint", {})["load_universal"] = True
     engine = build_engine(model, ds, cfg.seed, info.rank, steps)
@@ -224,7 +225,7 @@ def finetune_split(
     )  # fmt: skip
     tags, params = run_identity(cfg, variant, split.name, role)
     params.update({"finetune.steps_per_epoch": task.steps_per_epoch, "finetune.train_utterances": len(samples.train)})
-    run_id = start_run(trainer, split_cfg, info, ds, plan, resume_dir, params, tags)
+    run_id = start_run(trainer, split_cfg, info, ds, plan, resume_dir, params, {**tags, **resume.tracking_tags()})
     try:
         outcome = trainer.train()
     except TrainingDiverged as err:  # raised on every rank alike; the caller reports it

@@ -7,21 +7,33 @@ One tag directory per save, `<root>/global_step<N>/`:
     tokenizer.json, model_config.json, feature_config.json, run_config.json, ds_config.json
     complete.json          written last, by rank 0, after a barrier that follows every save
 
-A tag without `complete.json` was interrupted mid-write and is never resumed from.
+Every file is fsynced, then the directory, before `complete.json` is written; the
+marker and the directory are fsynced after it, so a marker never survives a crash
+that lost the data it lists. A tag without `complete.json` was interrupted mid-write
+and is never resumed from. The marker lists every file's size and sha256: a tag is
+verified against it before it is resumed from or exported (`verify_tag`), and
+`--resume auto` falls back to the newest older tag that verifies.
+
 `<root>/latest` names the newest complete tag, for DeepSpeed's own tools
 (`zero_to_fp32.py`, `ds_to_universal`); DeepSpeed's writer of that file is turned off
 because it runs before our marker.
+
+Rank states hold tensors, ints, floats, strings, lists and dicts only, and load with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,44 +77,256 @@ def latest_complete(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def resolve_resume(spec: str, root: Path) -> Path | None:
-    """`auto`: newest complete tag under root (None on a fresh run); `none`; or a tag dir."""
+class CheckpointError(RuntimeError):
+    """A checkpoint whose files do not match its marker's manifest: it must not be loaded."""
+
+
+def verify_tag(tag_dir: Path, check_hash: bool = True) -> list[str]:
+    """How the files of a complete tag differ from its marker's manifest; [] if they match.
+
+    Every listed file must exist with the listed size; with `check_hash` its sha256
+    must match too. Hashes are only computed when every size matched.
+    """
+    tag_dir = Path(tag_dir)
+    try:
+        listed = json.loads((tag_dir / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"{MARKER}: unreadable ({type(err).__name__}: {err})"]
+    problems = []
+    for name, entry in sorted(listed.items()):
+        path = tag_dir / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{name}: size {path.stat().st_size} bytes, {MARKER} lists {entry['bytes']}")
+    if problems or not check_hash:
+        return problems
+    for name, entry in sorted(listed.items()):
+        digest = _sha256(tag_dir / name)
+        if digest != entry["sha256"]:
+            problems.append(f"{name}: sha256 {digest[:16]}..., {MARKER} lists {entry['sha256'][:16]}...")
+    return problems
+
+
+def require_verified(tag_dir: Path, check_hash: bool = True, what: str = "") -> None:
+    """Raise CheckpointError naming every file of `tag_dir` that does not match its manifest."""
+    problems = verify_tag(tag_dir, check_hash)
+    if problems:
+        raise CheckpointError(f"{what}{tag_dir} failed verification: {'; '.join(problems)}")
+
+
+@dataclass
+class Rejected:
+    """A complete tag skipped on resume, and how its files differ from its manifest."""
+
+    tag_dir: Path
+    problems: list[str]
+
+    def describe(self) -> str:
+        return f"{self.tag_dir.name}: {'; '.join(self.problems)}"
+
+
+@dataclass
+class ResumeChoice:
+    """The tag to resume from (None: a fresh run) and the newer complete tags that failed."""
+
+    tag_dir: Path | None
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def tracking_tags(self) -> dict[str, str]:
+        """MLflow tags: `resume_fallback` names the rejected tags, `.problems` says why."""
+        if not self.rejected:
+            return {}
+        return {
+            "resume_fallback": ",".join(r.tag_dir.name for r in self.rejected),
+            "resume_fallback.problems": " | ".join(r.describe() for r in self.rejected)[:5000],
+        }
+
+
+def newest_verified(root: Path, check_hash: bool = True, what: str = "") -> ResumeChoice:
+    """The newest complete tag under root that verifies, with the newer ones that did not.
+
+    No complete tag: `ResumeChoice(None)`. Complete tags of which none verifies:
+    CheckpointError, since starting afresh beside them would mix two runs' tags.
+    Each rejected tag is reported on stderr as it is skipped.
+    """
+    rejected = []
+    complete = [path for _, path in list_tags(root) if is_complete(path)]
+    for tag_dir in reversed(complete):
+        problems = verify_tag(tag_dir, check_hash)
+        if not problems:
+            return ResumeChoice(tag_dir, rejected)
+        rejected.append(Rejected(tag_dir, problems))
+        print(f"[ctal-ds] WARNING: checkpoint {tag_dir} failed verification and is skipped: "
+              f"{'; '.join(problems)}", file=sys.stderr, flush=True)  # fmt: skip
+    if not complete:
+        return ResumeChoice(None)
+    listing = "\n".join(f"  {r.describe()}" for r in rejected)
+    raise CheckpointError(
+        f"{what}no checkpoint under {root} passes verification:\n{listing}\n"
+        f"Not starting afresh beside them: move them out of {root} to start afresh, or "
+        "--resume a copy that verifies"
+    )
+
+
+def choose_resume(spec: str, root: Path, check_hash: bool = True, what: str | None = None) -> ResumeChoice:
+    """`auto`: newest complete tag under root that verifies (None on a fresh run); `none`;
+    a checkpoints root (its newest tag that verifies); or a tag dir, which must verify.
+
+    `what` starts every error message (default: `--resume SPEC: `).
+    """
     if spec == "none":
-        return None
+        return ResumeChoice(None)
+    what = f"--resume {spec}: " if what is None else what
     if spec == "auto":
-        return latest_complete(root)
+        return newest_verified(root, check_hash, what)
     path = Path(spec)
     if path.is_dir() and not TAG_RE.match(path.name):
-        # A checkpoint root was given: take its newest complete tag.
-        newest = latest_complete(path)
-        if newest is None:
-            raise FileNotFoundError(f"--resume {spec}: no complete checkpoint under it")
-        return newest
+        # A checkpoint root was given: take its newest complete tag that verifies.
+        choice = newest_verified(path, check_hash, what)
+        if choice.tag_dir is None:
+            raise FileNotFoundError(f"{what}no complete checkpoint under it")
+        return choice
     if not is_complete(path):
         raise FileNotFoundError(
-            f"--resume {spec}: not a complete checkpoint (no {MARKER}); it may have been "
+            f"{what}not a complete checkpoint (no {MARKER}); it may have been "
             "interrupted while being written"
         )
-    return path
+    problems = verify_tag(path, check_hash)
+    if problems:
+        raise CheckpointError(
+            f"{what}failed verification: {'; '.join(problems)}. A named tag is not replaced by "
+            "another: name one that verifies, or give its checkpoints root to take the newest "
+            "tag there that verifies"
+        )
+    return ResumeChoice(path)
+
+
+def resolve_resume(spec: str, root: Path, check_hash: bool = True, what: str | None = None) -> Path | None:
+    """The tag directory `choose_resume` picks."""
+    return choose_resume(spec, root, check_hash, what).tag_dir
+
+
+def agree_on_resume(spec: str, root: Path, check_hash: bool = True) -> ResumeChoice:
+    """`choose_resume` run by rank 0, its answer (or its error) on every rank.
+
+    Every rank must load the same tag, and one reader of the files is enough; without a
+    process group (or with one rank) this is `choose_resume` itself.
+    """
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return choose_resume(spec, root, check_hash)
+    box: list[Any] = [None]
+    error: Exception | None = None
+    if tdist.get_rank() == 0:
+        try:
+            box[0] = choose_resume(spec, root, check_hash)
+        except Exception as err:
+            error = err
+            kind = type(err) if isinstance(err, (FileNotFoundError, CheckpointError)) else RuntimeError
+            box[0] = (kind, f"rank 0: {type(err).__name__}: {err}")
+    tdist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if isinstance(box[0], tuple):
+        kind, message = box[0]
+        raise kind(message)
+    return box[0]
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch (and CUDA) RNG states as tensors and plain values."""
+    version, internal, gauss_next = random.getstate()
+    algorithm, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"algorithm": str(algorithm), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what `rng_state` returned, or the tuples that rank states held before."""
+    py, npy = state["python"], state["numpy"]
+    if isinstance(py, dict):
+        py = (py["version"], tuple(py["internal"].tolist()), py["gauss_next"])
+    if isinstance(npy, dict):
+        key = npy["key"].numpy().astype(np.uint32)
+        npy = (npy["algorithm"], key, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    random.setstate(py)
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Rank states written before RNG states were stored as tensors hold one numpy array,
+# the uint32 key of numpy's RNG. Its reconstruction and dtype are the only globals
+# besides torch's such a file needs; allowing them keeps it on weights_only loading.
+# The reconstruction function is named under numpy 1's and numpy 2's module.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_LEGACY_RANK_STATE_GLOBALS = [
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+
+
+def load_rank_state(path: Path) -> dict[str, Any]:
+    """A rank state file, loaded with `weights_only=True` (numpy arrays allowed)."""
+    with torch.serialization.safe_globals(_LEGACY_RANK_STATE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_files(tag_dir: Path) -> None:
+    """fsync every file under tag_dir, whichever process wrote it."""
+    for path in sorted(Path(tag_dir).rglob("*")):
+        if path.is_file():
+            fsync_path(path)
+
+
+def fsync_dirs(tag_dir: Path) -> None:
+    """fsync tag_dir's subdirectories, deepest first, then tag_dir."""
+    subdirs = [p for p in Path(tag_dir).rglob("*") if p.is_dir()]
+    for path in sorted(subdirs, key=lambda p: len(p.parts), reverse=True):
+        fsync_path(path)
+    fsync_path(tag_dir)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write a text file whole or not at all: a temporary file, fsynced, renamed into
+    place (atomic on POSIX), then the directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_path(path.parent)
+
+
+def write_marker(tag_dir: Path, marker: dict[str, Any]) -> None:
+    """fsync the tag's directories, then write `complete.json` durably; the files must
+    have been fsynced already (`fsync_files`)."""
+    fsync_dirs(tag_dir)
+    write_durably(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -125,7 +349,8 @@ class Checkpointer:
     """Saves and restores the engine, the per-rank state and the run's side files.
 
     `barrier` is injected so the logic can be driven by one process in tests; in a
-    job it is `torch.distributed.barrier`.
+    job it is `torch.distributed.barrier`. `resumed_from` is the tag this job loaded,
+    verified when it was chosen: `prune` keeps it whatever `keep_last` says.
     """
 
     def __init__(
@@ -145,6 +370,7 @@ class Checkpointer:
         self.barrier = barrier
         self.side_files = side_files or {}
         self.side_json = side_json or {}
+        self.resumed_from: Path | None = None
 
     def save(self, engine: Any, step: int, client_state: dict[str, Any], rank_state: dict[str, Any]) -> Path:
         tag = tag_for(step)
@@ -152,8 +378,8 @@ class Checkpointer:
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if tag_dir.exists():
-                # Left over from an interrupted save of this step (a complete one is never
-                # re-saved: a resumed run starts after it); stale shards must not mix in.
+                # Left over from an interrupted save of this step, or a complete tag that
+                # failed verification and was skipped on resume; stale shards must not mix in.
                 shutil.rmtree(tag_dir)
         self.barrier()
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
@@ -163,6 +389,10 @@ class Checkpointer:
                 shutil.copyfile(src, tag_dir / name)
             for name, value in self.side_json.items():
                 (tag_dir / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+        self.barrier()
+        # Every rank, after every rank has written: on a shared file system the files of
+        # a rank on another node may be flushed only by an fsync from that node.
+        fsync_files(tag_dir)
         self.barrier()
         if self.rank == 0:
             self._mark_complete(tag_dir, step)
@@ -178,33 +408,33 @@ class Checkpointer:
             "time": time.time(),
             "files": file_manifest(tag_dir),
         }
-        tmp = tag_dir / (MARKER + ".tmp")
-        tmp.write_text(json.dumps(marker, indent=2) + "\n")
-        # rename is atomic on POSIX: the marker is either absent or whole.
-        tmp.replace(tag_dir / MARKER)
-        latest_tmp = self.root / "latest.tmp"
-        latest_tmp.write_text(tag_dir.name)
-        latest_tmp.replace(self.root / "latest")
+        write_marker(tag_dir, marker)
+        write_durably(self.root / "latest", tag_dir.name)
 
     def prune(self) -> None:
-        """Keep the newest `keep_last` complete tags; drop incomplete ones older than them."""
+        """Keep the newest `keep_last` complete tags and `resumed_from`; drop incomplete
+        tags older than the kept ones."""
         tags = list_tags(self.root)
         complete = [path for _, path in tags if is_complete(path)]
-        keep = set(complete[-self.keep_last :])
-        newest_kept = min((int(TAG_RE.match(p.name).group(1)) for p in keep), default=None)
+        newest = complete[-self.keep_last :]
+        newest_kept = min((int(TAG_RE.match(p.name).group(1)) for p in newest), default=None)
+        keep = {p.resolve() for p in newest}
+        if self.resumed_from is not None:
+            keep.add(self.resumed_from.resolve())
         for step, path in tags:
             stale_incomplete = not is_complete(path) and newest_kept is not None and step < newest_kept
-            if (is_complete(path) and path not in keep) or stale_incomplete:
+            if (is_complete(path) and path.resolve() not in keep) or stale_incomplete:
                 shutil.rmtree(path, ignore_errors=True)
 
     def load(self, engine: Any, tag_dir: Path, load_optimizer: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore the engine; return (client state, this rank's state).
 
-        On the world size that wrote it, everything is restored exactly. A universal
-        checkpoint (`launch/export.py --universal`) also loads on another world size:
-        weights, optimizer and schedule are exact, but the per-rank loader positions
-        and RNG streams have no counterpart, so the returned rank state is marked
-        `elastic` and the RNG keeps this job's seeds.
+        `tag_dir` is one `choose_resume` picked (and so verified). On the world size
+        that wrote it, everything is restored exactly. A universal checkpoint
+        (`launch/export.py --universal`) also loads on another world size: weights,
+        optimizer and schedule are exact, but the per-rank loader positions and RNG
+        streams have no counterpart, so the returned rank state is marked `elastic`
+        and the RNG keeps this job's seeds.
         """
         marker = json.loads((tag_dir / MARKER).read_text())
         elastic = marker["world_size"] != self.world_size
@@ -223,10 +453,9 @@ class Checkpointer:
         )
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
-        # Written by this class (RNG states hold numpy arrays and tuples, which
-        # weights_only loading refuses).
+        self.resumed_from = Path(tag_dir)
         path = tag_dir / rank_state_file(self.rank)
-        rank_state = torch.load(path, weights_only=False) if path.is_file() else {}
+        rank_state = load_rank_state(path) if path.is_file() else {}
         rng = rank_state.pop("rng", None)
         if elastic:
             rank_state["elastic"] = True

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--save-every", type=int, default=1000)
     ckpt.add_argument("--keep-last", type=int, default=3)
     ckpt.add_argument("--resume", default="auto", help="auto | none | checkpoint tag directory")
+    ckpt.add_argument("--no-verify-hash", action="store_true",
+                      help="check only the file sizes of the checkpoint resumed from or exported, not their sha256")
     track = p.add_argument_group("tracking")
     track.add_argument("--experiment", default="ctal-pretrain")
     track.add_argument("--run-name")
@@ -131,7 +133,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             export_final=not args.no_export,
         ),
         checkpoint=CheckpointConfig(
-            save_every=args.save_every, keep_last=args.keep_last, resume=args.resume
+            save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
+            verify_hash=not args.no_verify_hash,
         ),
         tracking=TrackingConfig(
             experiment=args.experiment,

@@ -210,7 +210,9 @@ def finish_run(cfg: RunConfig, tracker: Any, outcome: Any, checkpointer: Any) ->
     from ctal_ds.train.tracking import plot_metrics
 
     if outcome.finished and cfg.loop.export_final:
-        export_dir = export_checkpoint(latest_complete(checkpointer.root), cfg.out / "export")
+        export_dir = export_checkpoint(
+            latest_complete(checkpointer.root), cfg.out / "export", cfg.checkpoint.verify_hash
+        )
         print(f"[ctal-ds] exported weights to {export_dir}", flush=True)
         tracker.log_artifact(export_dir, "model")
     if tracker.jsonl.is_file():

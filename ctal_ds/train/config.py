@@ -75,6 +75,9 @@ class CheckpointConfig:
     save_every: int = 1000
     keep_last: int = 3
     resume: str = "auto"  # auto | none | path of a checkpoint tag directory
+    # Check the sha256 of every file of the checkpoint resumed from or exported, not only
+    # its size; off saves reading a very large checkpoint once more.
+    verify_hash: bool = True
 
 
 @dataclass

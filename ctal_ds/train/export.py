@@ -8,6 +8,10 @@ the member that is present, and the tie must hold in the loaded model.
 
 A ZeRO-0 checkpoint has no partitioned optimizer files; its module weights are read
 directly (in the precision the engine kept them: fp32 unless fp16/bf16 was on).
+
+Both conversions read only a tag whose files match its `complete.json` (sizes, and
+sha256 unless `verify_hash` is off); otherwise they raise CheckpointError naming the
+files.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctal_ds.train.checkpoint import MARKER, file_manifest, is_complete
+from ctal_ds.train.checkpoint import (
+    MARKER,
+    file_manifest,
+    fsync_files,
+    is_complete,
+    require_verified,
+    write_durably,
+    write_marker,
+)
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -68,11 +80,12 @@ def build_model(model_meta: dict[str, Any]) -> nn.Module:
     return cls(CTALConfig.from_dict(model_meta["model"]), **model_meta.get("head", {}))
 
 
-def export_checkpoint(tag_dir: Path, out_dir: Path) -> Path:
+def export_checkpoint(tag_dir: Path, out_dir: Path, verify_hash: bool = True) -> Path:
     """Write `out_dir` as a `save_pretrained` directory from a complete checkpoint tag."""
     tag_dir, out_dir = Path(tag_dir), Path(out_dir)
     if not is_complete(tag_dir):
         raise FileNotFoundError(f"{tag_dir} is not a complete checkpoint (no complete.json)")
+    require_verified(tag_dir, verify_hash, "export: ")
     meta = json.loads((tag_dir / "model_config.json").read_text())
     model = build_model(meta)
     state = consolidated_state_dict(tag_dir)
@@ -93,7 +106,7 @@ def export_checkpoint(tag_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def convert_to_universal(tag_dir: Path, out_root: Path) -> Path:
+def convert_to_universal(tag_dir: Path, out_root: Path, verify_hash: bool = True) -> Path:
     """A copy of the checkpoint that resumes on any world size (DESIGN section 5).
 
     DeepSpeed's `ds_to_universal` rewrites the ZeRO partitions per parameter; our side
@@ -104,6 +117,7 @@ def convert_to_universal(tag_dir: Path, out_root: Path) -> Path:
     tag_dir, out_root = Path(tag_dir), Path(out_root)
     if not is_complete(tag_dir):
         raise FileNotFoundError(f"{tag_dir} is not a complete checkpoint (no complete.json)")
+    require_verified(tag_dir, verify_hash, "universal conversion: ")
     out_dir = out_root / tag_dir.name
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -115,8 +129,9 @@ def convert_to_universal(tag_dir: Path, out_root: Path) -> Path:
     for src in tag_dir.iterdir():
         if (src.suffix == ".json" and src.name != MARKER) or src.name.startswith("rank_state_"):
             shutil.copyfile(src, out_dir / src.name)
+    fsync_files(out_dir)
     marker = json.loads((tag_dir / MARKER).read_text())
     marker.update(universal=True, source=str(tag_dir.resolve()), files=file_manifest(out_dir))
-    (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    (out_root / "latest").write_text(out_dir.name)
+    write_marker(out_dir, marker)
+    write_durably(out_root / "latest", out_dir.name)
     return out_dir

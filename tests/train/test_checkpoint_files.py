@@ -1,4 +1,5 @@
-"""Checkpoint directories: completeness marker, resume selection, retention, RNG state."""
+"""Checkpoint directories: completeness marker, verification, resume selection, retention,
+RNG state."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ import torch
 from ctal_ds.train.checkpoint import (
     MARKER,
     Checkpointer,
+    CheckpointError,
+    agree_on_resume,
+    choose_resume,
     latest_complete,
+    rank_state_file,
     resolve_resume,
     rng_state,
     set_rng_state,
+    verify_tag,
 )
 
 
@@ -124,3 +130,114 @@ def test_rng_state_round_trip():
     first = torch.rand(3)
     set_rng_state(state)
     assert torch.equal(torch.rand(3), first)
+
+
+def flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def saved_steps(root: Path, *steps: int, keep_last: int = 3) -> Checkpointer:
+    ckpt = make_checkpointer(root, keep_last=keep_last)
+    for step in steps:
+        ckpt.save(FakeEngine(), step, {"trainer": {"step": step}}, {"loader": {"batches": step}})
+    return ckpt
+
+
+def test_a_corrupted_newest_tag_falls_back_to_the_previous_one_naming_the_file(tmp_path, capsys):
+    root = tmp_path / "ck"
+    saved_steps(root, 2, 4)
+    assert verify_tag(root / "global_step4") == []
+    flip_middle_byte(root / "global_step4" / "mp_rank_00_model_states.pt")
+
+    choice = choose_resume("auto", root)
+    assert choice.tag_dir == root / "global_step2"
+    assert [r.tag_dir for r in choice.rejected] == [root / "global_step4"]
+    assert choice.rejected[0].problems[0].startswith("mp_rank_00_model_states.pt: sha256 ")
+    warning = capsys.readouterr().err
+    assert "WARNING: checkpoint" in warning and "global_step4 failed verification" in warning
+    assert "mp_rank_00_model_states.pt: sha256" in warning
+    tags = choice.tracking_tags()
+    assert tags["resume_fallback"] == "global_step4"
+    assert "global_step4: mp_rank_00_model_states.pt: sha256" in tags["resume_fallback.problems"]
+    # Without a process group every rank decides alone, the same way.
+    assert agree_on_resume("auto", root).tag_dir == root / "global_step2"
+    # A checkpoints root falls back too; a named tag does not.
+    assert resolve_resume(str(root), tmp_path / "elsewhere") == root / "global_step2"
+    with pytest.raises(CheckpointError, match=r"global_step4: failed verification: mp_rank_00_model_states\.pt: sha256"):
+        choose_resume(str(root / "global_step4"), root)
+
+
+def test_resume_auto_refuses_to_start_afresh_when_no_complete_tag_verifies(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 2, 4)
+    flip_middle_byte(root / "global_step4" / "mp_rank_00_model_states.pt")
+    (root / "global_step2" / rank_state_file(0)).unlink()
+    with pytest.raises(CheckpointError, match=r"(?s)no checkpoint under .* passes verification.*"
+                                              r"global_step4: mp_rank_00.*global_step2: rank_state_0\.pt: missing"):
+        choose_resume("auto", root)
+
+
+def test_a_truncated_file_is_caught_by_its_size_even_without_hashing(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 2, 4)
+    model = root / "global_step4" / "mp_rank_00_model_states.pt"
+    size = model.stat().st_size
+    flip_middle_byte(model)
+    # Without hashing a flipped byte goes unnoticed: that is what the hash is for.
+    assert verify_tag(root / "global_step4", check_hash=False) == []
+    model.write_bytes(model.read_bytes()[: size // 2])
+    problem = f"mp_rank_00_model_states.pt: size {size // 2} bytes, {MARKER} lists {size}"
+    assert verify_tag(root / "global_step4", check_hash=False) == [problem]
+    choice = choose_resume("auto", root, check_hash=False)
+    assert choice.tag_dir == root / "global_step2" and choice.rejected[0].problems == [problem]
+
+
+def test_rank_state_loads_weights_only_and_restores_every_rng_exactly(tmp_path):
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    # Leave the Gaussian caches of python and numpy filled: they are part of the state.
+    random.gauss(0, 1), np.random.standard_normal()
+    tag_dir = saved_steps(tmp_path / "ck", 5).root / "global_step5"
+    expected = (random.gauss(0, 1), random.random(), np.random.standard_normal(), np.random.rand(),
+                torch.rand(2).tolist())  # fmt: skip
+
+    state = torch.load(tag_dir / rank_state_file(0), weights_only=True)
+    assert state["loader"] == {"batches": 5}
+    random.seed(4), np.random.seed(4), torch.manual_seed(4)
+    set_rng_state(state["rng"])
+    assert (random.gauss(0, 1), random.random(), np.random.standard_normal(), np.random.rand(),
+            torch.rand(2).tolist()) == expected  # fmt: skip
+
+
+def test_rank_state_of_the_old_pickled_layout_still_loads(tmp_path):
+    root = tmp_path / "ck"
+    ckpt = saved_steps(root, 5)
+    tag_dir = root / "global_step5"
+    random.seed(6), np.random.seed(6), torch.manual_seed(6)
+    old_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"loader": {"batches": 5}, "rng": old_rng}, tag_dir / rank_state_file(0))
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    _, rank_state = ckpt.load(FakeEngine(), tag_dir)
+    assert rank_state == {"loader": {"batches": 5}}
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_prune_keeps_the_tag_resumed_from_whatever_keep_last_says(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 2, 4, keep_last=2)
+    flip_middle_byte(root / "global_step4" / "mp_rank_00_model_states.pt")
+    ckpt = make_checkpointer(root, keep_last=1)
+    choice = choose_resume("auto", root)
+    client, _ = ckpt.load(FakeEngine(), choice.tag_dir)
+    assert client["trainer"]["step"] == 2 and ckpt.resumed_from == root / "global_step2"
+    for step in (4, 6):  # the damaged global_step4 is replaced
+        ckpt.save(FakeEngine(), step, {"trainer": {"step": step}}, {})
+    assert sorted(p.name for p in root.glob("global_step*")) == ["global_step2", "global_step6"]
+    assert verify_tag(root / "global_step6") == []
+    # A later job that resumed from global_step6 lets global_step2 go.
+    later = make_checkpointer(root, keep_last=1)
+    later.load(FakeEngine(), choose_resume("auto", root).tag_dir)
+    later.save(FakeEngine(), 8, {}, {})
+    assert sorted(p.name for p in root.glob("global_step*")) == ["global_step6", "global_step8"]

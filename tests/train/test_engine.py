@@ -158,6 +158,54 @@ def test_exit_and_resume_equals_uninterrupted_run(tmp_path):
         assert result["max_diff"] < 1e-6
 
 
+def _resume_past_a_corrupted_tag(rank, world, out):
+    import torch.distributed as dist
+
+    from ctal_ds.train.checkpoint import agree_on_resume, verify_tag
+
+    out, root = Path(out), Path(out) / "checkpoints"
+    cfg = h.tiny_config()
+    ds = h.ds_config(2)
+    first = h.make_trainer(h.make_engine(cfg, ds), h.SyntheticStream(cfg, 0, rank), out, rank, world, 4)
+    first.cfg.checkpoint.save_every = 2
+    first.train()
+    if rank == 0:  # one byte of DeepSpeed's own file, in the middle
+        model = root / "global_step4" / "mp_rank_00_model_states.pt"
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    dist.barrier()
+
+    choice = agree_on_resume("auto", root)  # rank 0 verifies, every rank gets its answer
+    second = h.make_trainer(h.make_engine(cfg, ds, seed=99), h.SyntheticStream(cfg, 0, rank), out, rank, world, 6)
+    second.cfg.checkpoint.save_every = 2
+    second.checkpointer.keep_last = 1
+    second.resume(choice.tag_dir)
+    resumed_at = [second.step, second.train_stream.index]
+    done = second.train()
+    return {
+        "tag": choice.tag_dir.name,
+        "rejected": [r.describe() for r in choice.rejected],
+        "resumed_at": resumed_at,
+        "done": done.step,
+        "tags": sorted(p.name for p in root.glob("global_step*")),
+        "verified": [verify_tag(root / name) for name in ("global_step2", "global_step6")],
+    }
+
+
+def test_a_corrupted_newest_checkpoint_is_skipped_by_every_rank_and_kept_out_of_pruning(tmp_path):
+    results = h.run_ranks(_resume_past_a_corrupted_tag, 2, tmp_path, str(tmp_path))
+    assert results[0]["rejected"] == results[1]["rejected"]
+    for result in results:
+        assert result["tag"] == "global_step2" and result["done"] == 6
+        assert result["resumed_at"] == [2, 2]  # engine step, and the stream position from the rank state
+        [rejected] = result["rejected"]
+        assert rejected.startswith("global_step4: mp_rank_00_model_states.pt: sha256 "), rejected
+        # keep_last 1, but the tag resumed from stays; the damaged global_step4 was replaced, then pruned.
+        assert result["tags"] == ["global_step2", "global_step6"]
+        assert result["verified"] == [[], []]
+
+
 # Health: non-finite loss and fp16 loss-scale collapse ------------------------------------
 
 

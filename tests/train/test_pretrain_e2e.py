@@ -145,6 +145,31 @@ def test_exit_then_resume_continues_the_same_run_stream_and_weights(demo_shards,
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_flipped_byte_in_the_newest_checkpoint_is_refused_and_the_run_resumes_before_it(demo_shards, tmp_path):
+    out = tmp_path / "run"
+    run = dict(env=h.job_env(), cwd=h.REPO, capture_output=True, text=True, timeout=300)
+    args = h.pretrain_args(demo_shards, out, "--num-workers", "0", "--save-every", "2", "--no-export")
+    first = subprocess.run([sys.executable, str(h.PRETRAIN), *args, "--steps", "4"], **run)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    model = out / "checkpoints" / "global_step4" / "mp_rank_00_model_states.pt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+    export = subprocess.run([sys.executable, "launch/export.py", str(model.parent), "--out", str(tmp_path / "x")], **run)
+    assert export.returncode == 1 and "mp_rank_00_model_states.pt: sha256" in export.stderr, export.stderr[-3000:]
+
+    second = subprocess.run([sys.executable, str(h.PRETRAIN), *args, "--steps", "6"], **run)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / 'global_step2'}" in second.stdout
+    assert f"checkpoint {model.parent} failed verification" in second.stderr
+    assert "mp_rank_00_model_states.pt: sha256" in second.stderr
+    _, mlrun = mlflow_run(out)
+    assert mlrun.data.tags["resume_fallback"] == "global_step4"
+    assert mlrun.data.tags["resumed_at_step"] == "2"
+    assert json.loads((out / "status.json").read_text())["step"] == 6
+
+
 def test_sigterm_to_one_rank_checkpoints_every_rank_and_exits_0(demo_shards, tmp_path):
     out, logs = tmp_path / "run", tmp_path / "logs"
     args = h.pretrain_args(demo_shards, out, "--steps", "1000", "--warmup-steps", "10", "--save-every", "1000")
