@@ -76,7 +76,13 @@ def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(uninterr
 
 def test_a_finished_fine_tune_is_read_back_not_rerun(uninterrupted, sentiment_shards, process_group, monkeypatch):
     reference, out = uninterrupted
+    weights, results = final_weights(out), (out / "results.json").read_text()
     monkeypatch.setattr("ctal_ds.finetune.run.finetune_split", lambda *a, **k: pytest.fail("re-ran a finished split"))
     again = finetune(runs.finetune_config("sentiment", sentiment_shards, out, *ARGS), process_group)
+    assert again.to_dict() == reference.to_dict()
     assert again.metrics == reference.metrics and again.run_id == reference.run_id
-    assert torch.is_tensor(next(iter(final_weights(out).values())))
+    # Nothing was rewritten: the summary and the final checkpoint's weights are as they were.
+    assert (out / "results.json").read_text() == results
+    again_weights = final_weights(out)
+    assert again_weights.keys() == weights.keys()
+    assert all(torch.equal(again_weights[k], weights[k]) for k in weights)

@@ -31,8 +31,10 @@ def misled_run(tmp_path_factory, process_group):
     original = task_module.FinetuneTask.predict
 
     def spy(self, model, part):
-        calls.append((part, int(getattr(model, "global_steps", -1))))
-        return original(self, model, part)
+        weights = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+        preds = original(self, model, part)
+        calls.append((part, int(getattr(model, "global_steps", -1)), weights, preds))
+        return preds
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(task_module.FinetuneTask, "predict", spy)
@@ -74,13 +76,29 @@ def test_selection_follows_dev_even_when_test_disagrees(misled_run):
     dev_ua = {h["step"]: h["ua"] for h in _history(out)}
     assert split.selection["best_step"] == max(dev_ua, key=lambda s: (dev_ua[s], -s))
     assert split.selection["best_step"] < max(dev_ua)  # the misleading dev split stops it early
-    # Test was predicted once, after training, with the weights selected on dev.
-    assert [part for part, _ in calls].count("test") == 1 and calls[-1][0] == "test"
-    assert [step for part, step in calls if part == "dev"] == sorted(dev_ua)
+    # Test was predicted once, after training, with the weights selected on dev: those
+    # the model had when dev evaluated the best step, not those of the last step.
+    assert [call[0] for call in calls].count("test") == 1 and calls[-1][0] == "test"
+    at_dev = {step: weights for part, step, weights, _ in calls if part == "dev"}
+    assert sorted(at_dev) == sorted(dev_ua)
+    _, _, tested, test_preds = calls[-1]
+    assert same_weights(tested, at_dev[split.selection["best_step"]])
+    assert not same_weights(tested, at_dev[max(at_dev)])
+    # The reported numbers are those of these predictions; the export is the selected model.
+    predicted, labels = test_preds.scores.argmax(1), test_preds.labels
+    recalls = [np.mean(predicted[labels == c] == c) for c in np.unique(labels)]
+    assert history["metrics"] == split.metrics
+    assert split.metrics["ua"] == pytest.approx(np.mean(recalls))
+    assert split.metrics["wa"] == pytest.approx(np.mean(predicted == labels))
     selected = load_pretrained(out / "export")
     saved = json.loads((out / "export" / "selection.json").read_text())
-    assert saved["step"] == split.selection["best_step"] and history["metrics"] == split.metrics
-    assert isinstance(selected, torch.nn.Module)
+    assert saved["step"] == split.selection["best_step"]
+    assert same_weights(selected.state_dict(), at_dev[split.selection["best_step"]])
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _history(out):

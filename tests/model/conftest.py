@@ -91,3 +91,39 @@ def make_utterance():
 @pytest.fixture
 def collate():
     return _collate
+
+
+def _reference_pools(text, text_mask, audio, audio_mask, attention) -> dict[str, torch.Tensor]:
+    """Section 3.3's pooled vectors computed one utterance at a time, over its real
+    positions only: h_w^attn the first token's state, h_w^max and h_a^max element-wise
+    maxima, h_a^attn = softmax(v . tanh(W H_a + b)) H_a with W, b and v read from
+    `attention` (an AttentionPooling: proj, score). No audio: the text vectors only."""
+    pools: dict[str, list[torch.Tensor]] = {"h_w_attn": [], "h_w_max": [], "h_a_attn": [], "h_a_max": []}
+    for i in range(text.shape[0]):
+        words = text[i][text_mask[i]]
+        pools["h_w_attn"].append(words[0])
+        pools["h_w_max"].append(words.max(dim=0).values)
+        if audio is None:
+            continue
+        frames = audio[i][audio_mask[i]]
+        energy = torch.tanh(frames @ attention.proj.weight.T + attention.proj.bias) @ attention.score.weight[0]
+        alpha = torch.exp(energy - energy.max())
+        pools["h_a_attn"].append((alpha / alpha.sum()) @ frames)
+        pools["h_a_max"].append(frames.max(dim=0).values)
+    return {name: torch.stack(vectors) for name, vectors in pools.items() if vectors}
+
+
+def _reference_orthogonal_loss(pools: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Batch mean of |cos(h_a^attn, h_w^attn)| + |cos(h_a^max, h_w^max)| (3.3.1)."""
+    cos = torch.nn.functional.cosine_similarity
+    return (cos(pools["h_a_attn"], pools["h_w_attn"]).abs() + cos(pools["h_a_max"], pools["h_w_max"]).abs()).mean()
+
+
+@pytest.fixture
+def reference_pools():
+    return _reference_pools
+
+
+@pytest.fixture
+def reference_orthogonal_loss():
+    return _reference_orthogonal_loss

@@ -13,11 +13,15 @@ H = 8
 
 @pytest.fixture
 def streams():
+    """Two utterances, the second padded; padding holds large values, so a pool that
+    reads it is far off."""
     g = torch.Generator().manual_seed(0)
     text = torch.randn(2, 6, H, generator=g)
     audio = torch.randn(2, 10, H, generator=g)
     text_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     audio_mask = torch.tensor([[True] * 10, [True] * 7 + [False] * 3])
+    text = text.masked_fill(~text_mask[..., None], 1e4)
+    audio = audio.masked_fill(~audio_mask[..., None], 1e4)
     return text, text_mask, audio, audio_mask
 
 
@@ -54,51 +58,57 @@ def test_masked_pools_ignore_padding(streams):
     torch.testing.assert_close(masked_mean(noisy, text_mask)[1], text[1, :4].mean(0))
 
 
-def test_attention_pooling_is_softmax_of_v_tanh_w_over_real_frames(streams):
-    _, _, audio, audio_mask = streams
+def test_attention_pooling_is_softmax_of_v_tanh_w_over_real_frames(streams, reference_pools):
+    text, text_mask, audio, audio_mask = streams
     torch.manual_seed(0)
     pool = AttentionPooling(H)
-    x = audio[1, :7]
-    weights = torch.softmax(pool.score(torch.tanh(pool.proj(x))).squeeze(-1), dim=0)
-    torch.testing.assert_close(pool(audio, audio_mask)[1], weights @ x)
+    expected = reference_pools(text, text_mask, audio, audio_mask, pool)["h_a_attn"]
+    torch.testing.assert_close(pool(audio, audio_mask), expected)
+    # By hand for the padded utterance: its 7 frames, W, b and v of the pooling.
+    x, w, b, v = audio[1, :7], pool.proj.weight.detach(), pool.proj.bias.detach(), pool.score.weight[0].detach()
+    energies = [float(v @ torch.tanh(w @ x[t] + b)) for t in range(7)]
+    alpha = [math.exp(e) / sum(math.exp(f) for f in energies) for e in energies]
+    by_hand = sum(a * x[t] for t, a in enumerate(alpha))
+    torch.testing.assert_close(pool(audio, audio_mask)[1], by_hand)
 
 
-def test_h_fuse_adds_attention_and_max_pools_of_both_streams(streams):
+def test_h_fuse_adds_attention_and_max_pools_of_both_streams(streams, reference_pools, reference_orthogonal_loss):
     text, text_mask, audio, audio_mask = streams
     torch.manual_seed(0)
     fusion = CTALFusion(H)
     h_fuse, orth = fusion(text, text_mask, audio, audio_mask)
-    p = fusion.pool(text, text_mask, audio, audio_mask)
-    torch.testing.assert_close(p.h_w_attn, text[:, 0])
-    torch.testing.assert_close(h_fuse[:, :H], p.h_a_attn + p.h_w_attn)
-    torch.testing.assert_close(h_fuse[:, H:], p.h_a_max + p.h_w_max)
-    torch.testing.assert_close(orth, orthogonal_loss(p.h_a_attn, p.h_w_attn, p.h_a_max, p.h_w_max))
+    p = reference_pools(text, text_mask, audio, audio_mask, fusion.audio_attention_pooling)
+    torch.testing.assert_close(p["h_w_attn"], text[:, 0])
+    torch.testing.assert_close(h_fuse[:, :H], p["h_a_attn"] + p["h_w_attn"])
+    torch.testing.assert_close(h_fuse[:, H:], p["h_a_max"] + p["h_w_max"])
+    torch.testing.assert_close(orth, reference_orthogonal_loss(p))
     assert fusion.output_size == 2 * H
 
 
-def test_without_fusion_the_four_pooled_vectors_are_concatenated(streams):
+def test_without_fusion_the_four_pooled_vectors_are_concatenated(streams, reference_pools):
     text, text_mask, audio, audio_mask = streams
     fusion = CTALFusion(H, fusion=False)
     rep, _ = fusion(text, text_mask, audio, audio_mask)
-    p = fusion.pool(text, text_mask, audio, audio_mask)
-    torch.testing.assert_close(rep, torch.cat([p.h_a_attn, p.h_a_max, p.h_w_attn, p.h_w_max], -1))
+    p = reference_pools(text, text_mask, audio, audio_mask, fusion.audio_attention_pooling)
+    torch.testing.assert_close(rep, torch.cat([p["h_a_attn"], p["h_a_max"], p["h_w_attn"], p["h_w_max"]], -1))
     assert fusion.output_size == 4 * H
 
 
-def test_text_only_representation_never_reads_audio(streams):
+def test_text_only_representation_never_reads_audio(streams, reference_pools):
     text, text_mask, audio, audio_mask = streams
     fusion = CTALFusion(H, modality="text")
     rep, orth = fusion(text, text_mask, None, None)
-    torch.testing.assert_close(rep, torch.cat([text[:, 0], masked_max(text, text_mask)], -1))
+    p = reference_pools(text, text_mask, None, None, None)
+    torch.testing.assert_close(rep, torch.cat([p["h_w_attn"], p["h_w_max"]], -1))
     assert orth is None
 
 
-def test_audio_only_representation_ignores_the_text_states(streams):
+def test_audio_only_representation_ignores_the_text_states(streams, reference_pools):
     text, text_mask, audio, audio_mask = streams
     fusion = CTALFusion(H, modality="audio")
     rep, orth = fusion(text, text_mask, audio, audio_mask)
     rep_other_text, _ = fusion(torch.randn_like(text), text_mask, audio, audio_mask)
     torch.testing.assert_close(rep_other_text, rep)
-    expected = torch.cat([fusion.audio_attention_pooling(audio, audio_mask), masked_max(audio, audio_mask)], -1)
-    torch.testing.assert_close(rep, expected)
+    p = reference_pools(text, text_mask, audio, audio_mask, fusion.audio_attention_pooling)
+    torch.testing.assert_close(rep, torch.cat([p["h_a_attn"], p["h_a_max"]], -1))
     assert orth is None

@@ -8,12 +8,12 @@ mask that transformers attaches to decoder layers), RoBERTa's MLM head.
 import importlib.util
 from pathlib import Path
 
-import pytest
 import torch
+from prerequisites import require_module
 
 from ctal_ds.model import CTALForPretraining
 
-pytest.importorskip("transformers")
+require_module("transformers", "a dev requirement: benchmarks/model.py assembles the reference from it")
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "model.py"
 

@@ -12,15 +12,24 @@ def build(config, **task):
     return CTALForSequenceTask(config, **task).eval()
 
 
-def test_classification_loss_is_cross_entropy_plus_weighted_orthogonal_loss(tiny_config, batch):
+def test_classification_loss_is_cross_entropy_plus_weighted_orthogonal_loss(
+    tiny_config, batch, reference_pools, reference_orthogonal_loss
+):
     model = build(tiny_config, task="classification", num_labels=4, orthogonal_weight=0.3)
     labels = torch.tensor([0, 3, 1])
     out = model(dict(batch, labels=labels))
     assert out["logits"].shape == (3, 4)
     assert out["embedding"].shape == (3, 2 * tiny_config.hidden_size)
+    # L_orth and h_fuse of the backbone's final states, pooled over the real positions.
+    states = model.ctal(batch["input_ids"], batch["text_mask"], batch["audio_feats"], batch["audio_mask"])
+    p = reference_pools(states.text_states, batch["text_mask"], states.audio_states, batch["audio_mask"],
+                        model.fusion.audio_attention_pooling)  # fmt: skip
+    torch.testing.assert_close(out["orth_loss"], reference_orthogonal_loss(p))
+    h_fuse = torch.cat([p["h_a_attn"] + p["h_w_attn"], p["h_a_max"] + p["h_w_max"]], -1)
+    torch.testing.assert_close(out["embedding"], h_fuse)
+    torch.testing.assert_close(out["logits"], h_fuse @ model.classifier.weight.T + model.classifier.bias)
     torch.testing.assert_close(out["task_loss"], F.cross_entropy(out["logits"], labels))
     torch.testing.assert_close(out["loss"], out["task_loss"] + 0.3 * out["orth_loss"])
-    assert 0 < out["orth_loss"] <= 2
 
 
 def test_regression_predicts_a_scalar_with_l1_loss(tiny_config, batch):

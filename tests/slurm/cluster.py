@@ -259,6 +259,12 @@ class LoopbackSlurmCluster:
         """Processes still carrying this cluster's environment (daemons, steps, jobs)."""
         return [pid for pid in _pids_with_env(self._env_marker) if pid != os.getpid()]
 
+    def job_pids(self, job_id: int) -> list[int]:
+        """Processes of job ``job_id`` still alive: its batch shell, its steps' tasks and
+        whatever they started (all carry SLURM_JOB_ID)."""
+        job = b"\0SLURM_JOB_ID=" + str(job_id).encode() + b"\0"
+        return [pid for pid in _pids_with_env(self._env_marker, job) if pid != os.getpid()]
+
     @property
     def _env_marker(self) -> bytes:
         return b"\0SLURM_CONF=" + os.fsencode(self.conf_path) + b"\0"
@@ -599,6 +605,20 @@ class LoopbackSlurmCluster:
                 )
             time.sleep(poll)
 
+    def wait_job_processes_gone(self, job_id: int, timeout: float = 60, poll: float = 0.2) -> None:
+        """Poll until no process of job ``job_id`` is left (:meth:`job_pids`): from then
+        on nothing the job runs, its batch script included, can act on it any more.
+        Raises ``TimeoutError`` after ``timeout`` seconds, naming the processes left."""
+        deadline = time.monotonic() + timeout
+        while pids := self.job_pids(job_id):
+            if time.monotonic() > deadline:
+                commands = {pid: _cmdline(pid) for pid in pids}
+                raise TimeoutError(
+                    f"job {job_id} still has processes after {timeout:.0f}s: {commands}; "
+                    f"job record {self.job_info(job_id)}\n" + self.diagnostics()
+                )
+            time.sleep(poll)
+
     def requeue(self, job_id: int) -> None:
         """``scontrol requeue``: stop the job and queue it again (SLURM_RESTART_COUNT += 1)."""
         self.run(["scontrol", "requeue", str(job_id)])
@@ -637,13 +657,21 @@ def wait_for_text(path: str | os.PathLike, text: str, timeout: float = 60) -> st
         time.sleep(0.2)
 
 
-def _pids_with_env(marker: bytes) -> Iterable[int]:
+def _pids_with_env(*markers: bytes) -> Iterable[int]:
+    """Processes whose environment holds every one of ``markers`` (``b"\\0NAME=value\\0"``)."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            environ = Path(entry.path, "environ").read_bytes()
+            environ = b"\0" + Path(entry.path, "environ").read_bytes()
         except OSError:
             continue
-        if marker in b"\0" + environ:
+        if all(marker in environ for marker in markers):
             yield int(entry.name)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "<gone>"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prerequisites import skip_or_fail
 
 from .cluster import ClusterUnavailable, LoopbackSlurmCluster
 
@@ -101,7 +102,7 @@ def slurm_cluster(tmp_path_factory):
     try:
         cluster.install_packages()
     except ClusterUnavailable as exc:
-        pytest.skip(f"cannot run a loopback SLURM cluster here: {exc.reason}")
+        skip_or_fail(f"cannot run a loopback SLURM cluster here: {exc.reason}")
     cluster.start()
     try:
         yield cluster

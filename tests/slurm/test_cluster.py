@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import pytest
+from prerequisites import skip_or_fail
 
 from . import cluster as cluster_module
 from .cluster import (
@@ -138,7 +139,7 @@ def _installed_cluster(workdir, **kwargs):
     try:
         cluster.install_packages()
     except ClusterUnavailable as exc:
-        pytest.skip(f"cannot run a loopback SLURM cluster here: {exc.reason}")
+        skip_or_fail(f"cannot run a loopback SLURM cluster here: {exc.reason}")
     return cluster
 
 

@@ -125,16 +125,19 @@ def test_scancel_is_not_undone_by_a_requeue(slurm_cluster, fake_repo, tmp_path, 
     script, env, _ = SCRIPTS[name](fake_repo, tmp_path / "out")
     job, log = _submit(slurm_cluster, script, env, tmp_path)
 
+    assert slurm_cluster.job_pids(job), "the running job's processes are not found by their environment"
     cancelled = time.monotonic()
     slurm_cluster.cancel(job)
     jobs.wait_cancelled(slurm_cluster, job)
     assert "step exited with 0" in jobs.assert_exited_before_kill(slurm_cluster, log, cancelled)
-    time.sleep(3)  # a requeue issued by the script would show by now
+    # The batch script is what would requeue the job: once none of the job's processes is
+    # left, the state it leaves is final.
+    slurm_cluster.wait_job_processes_gone(job, timeout=slurm_cluster.kill_wait + 60)
     info = slurm_cluster.job_info(job)
     text = jobs.read_log(log)
     assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), text
     assert "[stand-in] rank 1 restart 0 stops: SIGTERM received" in text
-    assert "requeueing" not in text
+    assert "requeueing" not in text and "restart 1" not in text
 
 
 def test_finetune_script_passes_only_the_options_that_are_set(slurm_cluster, fake_repo, tmp_path):

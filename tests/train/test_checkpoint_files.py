@@ -52,17 +52,52 @@ def make_checkpointer(root: Path, keep_last: int = 2, side_file: Path | None = N
                         side_files=side, side_json={"model_config.json": {"hidden": 8}})  # fmt: skip
 
 
-def test_save_writes_marker_last_with_file_hashes_and_latest(tmp_path):
+def test_save_writes_marker_last_with_file_hashes_and_latest(tmp_path, monkeypatch):
+    import hashlib
+
+    from ctal_ds.train import checkpoint
+
+    def files_of(tag_dir: Path) -> dict[str, dict]:
+        return {
+            str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(tag_dir.rglob("*"))
+            if p.is_file() and p.name != MARKER
+        }
+
+    # Each durable write, with what the tag held and which paths had been fsynced when it began.
+    root = tmp_path / "ck"
+    writes, fsynced = [], set()
+    real_fsync, real_write = checkpoint.fsync_path, checkpoint.write_durably
+
+    def fsync_spy(path):
+        fsynced.add(Path(path))
+        real_fsync(path)
+
+    def write_spy(path, text):
+        tag = root / "global_step5"
+        writes.append((Path(path), files_of(tag), sorted(p.name for p in tag.iterdir()), set(fsynced)))
+        real_write(path, text)
+
+    monkeypatch.setattr(checkpoint, "fsync_path", fsync_spy)
+    monkeypatch.setattr(checkpoint, "write_durably", write_spy)
     tok = tmp_path / "tok.json"
     tok.write_text('{"v": 1}')
-    ckpt = make_checkpointer(tmp_path / "ck", side_file=tok)
+    ckpt = make_checkpointer(root, side_file=tok)
     tag_dir = ckpt.save(FakeEngine(), 5, {"step": 5}, {"loader": {"i": 3}})
     marker = json.loads((tag_dir / MARKER).read_text())
     assert marker["step"] == 5 and marker["world_size"] == 1
-    assert set(marker["files"]) == {"mp_rank_00_model_states.pt", "rank_state_0.pt", "tokenizer.json",
-                                    "model_config.json"}  # fmt: skip
-    assert all(len(f["sha256"]) == 64 for f in marker["files"].values())
-    assert (tmp_path / "ck" / "latest").read_text() == "global_step5"
+    # The marker is written after every other file of the tag, once each is fsynced, and
+    # `latest` after the marker.
+    assert [path for path, *_ in writes] == [tag_dir / MARKER, root / "latest"]
+    _, before_marker, names_before_marker, synced = writes[0]
+    assert set(before_marker) == {"mp_rank_00_model_states.pt", "rank_state_0.pt", "tokenizer.json",
+                                  "model_config.json"}  # fmt: skip
+    assert MARKER not in names_before_marker and {tag_dir / name for name in before_marker} <= synced
+    # It lists every file with its size and sha256, as they were then and are still.
+    listed = {name: {"bytes": f["bytes"], "sha256": f["sha256"]} for name, f in marker["files"].items()}
+    assert listed == before_marker == files_of(tag_dir)
+    assert before_marker["tokenizer.json"]["sha256"] == hashlib.sha256(b'{"v": 1}').hexdigest()
+    assert (root / "latest").read_text() == "global_step5"
 
 
 def test_interrupted_save_leaves_no_marker_and_resume_auto_skips_it(tmp_path):

@@ -42,7 +42,9 @@ def test_shipped_configs_are_explicit_and_resolve_on_gpu():
 def test_cpu_config_runs_without_fp16_and_uses_torch_adam():
     cfg = json.loads((REPO / "ds_configs" / "cpu.json").read_text())
     out, _, _, _ = resolve(cfg, steps=500, accelerator="cpu", fp16_supported=False)
-    assert ds_config.precision_of(out) in ("fp32", "bf16")
+    # cpu.json enables neither fp16 nor bf16, and resolving for a CPU keeps it so.
+    assert (out["fp16"]["enabled"], out["bf16"]["enabled"]) == (False, False)
+    assert ds_config.precision_of(out) == "fp32"
     assert out["optimizer"]["params"]["torch_adam"] is True
 
 

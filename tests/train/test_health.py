@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from ctal_ds.train.health import HealthMonitor, TrainingDiverged
@@ -47,10 +49,19 @@ def test_deepspeed_min_scale_error_is_recognised():
     assert not HealthMonitor.is_deepspeed_min_scale_error(ValueError("other"))
 
 
-def test_stop_request_reasons_in_priority_order(monkeypatch):
+def test_stop_request_reasons_in_priority_order():
+    # The trainer stops every rank for the largest code over ranks: higher means stronger.
+    assert NONE < EXIT_AT_STEP < TIME_LIMIT < SIGNAL
+    assert StopRequest(exit_at_step=10).code(9) == NONE
+    assert StopRequest(exit_at_step=10).code(10) == StopRequest(exit_at_step=10).code(11) == EXIT_AT_STEP
+    assert StopRequest(exit_at_step=10, time_limit_min=60.0).code(10) == EXIT_AT_STEP  # time left
+    # Several reasons at once: the signal, then the time limit, then --exit-at-step.
     stop = StopRequest(exit_at_step=10, time_limit_min=0.0)
     assert stop.code(3) == TIME_LIMIT
-    assert StopRequest(exit_at_step=10).code(9) == NONE
-    assert StopRequest(exit_at_step=10).code(10) == EXIT_AT_STEP
-    stop._handle(15, None)
-    assert stop.code(0) == SIGNAL and stop.describe(SIGNAL) == "SIGTERM received"
+    assert stop.code(10) == TIME_LIMIT and stop.describe(TIME_LIMIT) == "--time-limit-min reached"
+    stop._handle(signal.SIGTERM, None)
+    assert stop.code(0) == stop.code(10) == SIGNAL and stop.describe(SIGNAL) == "SIGTERM received"
+    signalled = StopRequest(exit_at_step=10)
+    signalled._handle(signal.SIGUSR1, None)
+    assert signalled.code(10) == SIGNAL and signalled.describe(SIGNAL) == "SIGUSR1 received"
+    assert StopRequest().describe(EXIT_AT_STEP) == "--exit-at-step reached" and StopRequest().describe(NONE) == ""

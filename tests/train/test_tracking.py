@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import socket
 
-import pytest
+from prerequisites import require_module
 
 from ctal_ds.train.config import TrackingConfig
 from ctal_ds.train.tracking import Tracker, default_uri, plot_metrics
 
-mlflow = pytest.importorskip("mlflow")
+mlflow = require_module("mlflow", "a requirement of ctal-ds")
 
 
 def closed_port() -> int:
@@ -70,10 +70,24 @@ def test_unreachable_server_warns_once_and_keeps_logging_locally(tmp_path, monke
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_plot_keeps_the_newest_value_of_a_replayed_step(tmp_path):
+def test_plot_keeps_the_newest_value_of_a_replayed_step(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
     jsonl = tmp_path / "m.jsonl"
-    rows = [{"step": 1, "train/loss": 3.0}, {"step": 2, "train/loss": 2.0}, {"step": 2, "train/loss": 2.5}]
+    rows = [{"step": 1, "train/loss": 3.0}, {"step": 2, "train/loss": 2.0}, {"step": 3, "train/loss": 1.0},
+            {"step": 2, "train/loss": 2.5}, {"step": 3, "train/loss": 1.5}, {"step": 3, "train/lr": 0.1}]  # fmt: skip
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    png = plot_metrics(jsonl, tmp_path / "p.png", ("train/loss", "absent"))
-    assert png.stat().st_size > 1000
+    # What each saved figure shows: per panel, its y label and the (step, value) points of each line.
+    saved = []
+    real_savefig = Figure.savefig
+
+    def savefig_spy(fig, *args, **kwargs):
+        saved.append([(ax.get_ylabel(), [line.get_xydata().tolist() for line in ax.get_lines()]) for ax in fig.axes])
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig_spy)
+    png = plot_metrics(jsonl, tmp_path / "p.png", ("train/loss", "absent", "train/lr"))
+    assert png == tmp_path / "p.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved == [[("train/loss", [[[1, 3.0], [2, 2.5], [3, 1.5]]]), ("train/lr", [[[3, 0.1]]])]]
     assert plot_metrics(jsonl, tmp_path / "q.png", ("absent",)) is None
+    assert len(saved) == 1 and not (tmp_path / "q.png").exists()
