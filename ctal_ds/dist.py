@@ -24,6 +24,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -32,6 +33,11 @@ DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # sharing a first node get different ports unless their ids differ by a multiple of
 # 15000.
 _PORT_BASE, _PORT_SPAN = 15000, 15000
+
+# Default limits of the process group, in seconds: the rendezvous and the rank map (ranks
+# of a large job may start minutes apart), then every later collective.
+STARTUP_TIMEOUT_S = 600.0
+COLLECTIVE_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -186,8 +192,19 @@ def export(info: RankInfo, environ: MutableMapping[str, str] = os.environ) -> No
     environ.update(info.env())
 
 
-def init_distributed(env: MutableMapping[str, str] = os.environ) -> RankInfo:
-    """Discover ranks, export them, start the process group and print the rank map."""
+def init_distributed(
+    env: MutableMapping[str, str] = os.environ,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
+) -> RankInfo:
+    """Discover ranks, export them, start the process group and print the rank map.
+
+    The rendezvous and the rank map's all-gather run under `startup_timeout_s`; then
+    every collective runs under `collective_timeout_s`, set on the default group and as
+    torch's default for groups created later (DeepSpeed builds its own world and
+    data-parallel groups without naming a timeout). A collective past its timeout raises
+    on the ranks waiting in it.
+    """
     import deepspeed
     import torch.distributed as torch_dist
     from deepspeed.accelerator import get_accelerator
@@ -196,10 +213,11 @@ def init_distributed(env: MutableMapping[str, str] = os.environ) -> RankInfo:
     export(info, env)
     # Before the first collective: NCCL would otherwise put every rank of a node on GPU 0.
     get_accelerator().set_device(info.local_rank)
-    deepspeed.init_distributed(auto_mpi_discovery=False)
+    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=startup_timeout_s))
     row = (info.rank, info.local_rank, info.node_rank, socket.gethostname())
     rows: list = [None] * info.world_size
     torch_dist.all_gather_object(rows, row)
+    set_collective_timeout(timedelta(seconds=collective_timeout_s))
     info = dataclasses.replace(info, local_world_size=sum(r[3] == row[3] for r in rows))
     if info.is_main:
         print(
@@ -210,4 +228,19 @@ def init_distributed(env: MutableMapping[str, str] = os.environ) -> RankInfo:
         print("[ctal-ds] rank map: rank local_rank node host", flush=True)
         for r in rows:
             print(f"[ctal-ds]   {r[0]:>4} {r[1]:>10} {r[2]:>4} {r[3]}", flush=True)
+        print(
+            f"[ctal-ds] timeouts: process-group start-up {startup_timeout_s:g} s, "
+            f"collectives {collective_timeout_s:g} s",
+            flush=True,
+        )
     return info
+
+
+def set_collective_timeout(timeout: timedelta) -> None:
+    """The timeout of the default group's collectives and of every group created later."""
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d._set_pg_timeout(timeout)
+    # `new_group(timeout=None)` reads these module defaults when it is called.
+    c10d.default_pg_timeout = timeout
+    c10d.default_pg_nccl_timeout = timeout

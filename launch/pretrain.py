@@ -7,7 +7,8 @@
 Also runs under torchrun, plain `srun` (launch/slurm/pretrain.sbatch) and as a single
 process. Exit status: 0 finished or stopped cleanly (signal, --exit-at-step,
 --time-limit-min; <out>/status.json says which), 2 bad configuration, 3 training
-diverged. See docs/training.md.
+diverged, 4 a rank's hang watchdog ended it (no step within its limit). See
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 
 from ctal_ds import dist
-from ctal_ds.train import components, ds_config
+from ctal_ds.train import components, ds_config, watchdog
 from ctal_ds.train.checkpoint import agree_on_resume, is_universal
 from ctal_ds.train.cli import build_parser, run_config_from_args, validate
 from ctal_ds.train.config import ConfigError
@@ -42,14 +43,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ctal-ds] configuration error: {err}", file=sys.stderr)
         return 2
 
-    info = init_process_group()
+    info = init_process_group(cfg.timeouts)
+    # From here on every rank's watchdog runs: the start-up allowance covers the engine
+    # build and the resume, until the first step time is known.
+    dog = watchdog.Watchdog(cfg.watchdog, info.rank).start()
     if info.is_main:
-        print("\n".join(f"[ctal-ds] {note}" for note in notes), flush=True)
+        print("\n".join(f"[ctal-ds] {note}" for note in [*notes, watchdog.describe(cfg.watchdog)]), flush=True)
     resume = agree_on_resume(cfg.checkpoint.resume, cfg.checkpoint_dir, cfg.checkpoint.verify_hash)
     resume_dir = resume.tag_dir
     if resume_dir is not None and is_universal(resume_dir):
         ds.setdefault("checkpoint", {})["load_universal"] = True
-    trainer = components.build_trainer(cfg, info, ds, plan)
+    trainer = components.build_trainer(cfg, info, ds, plan, dog)
     start_run(trainer, cfg, info, ds, plan, resume_dir, tags=resume.tracking_tags())
 
     try:
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.tracker.set_tags({"failure": str(err)[:5000]})
         trainer.tracker.finish("FAILED")
         return 3
+    finally:
+        dog.stop()  # the export and the final barrier are not steps
     if info.is_main:
         print(f"[ctal-ds] {outcome.reason} at step {outcome.step}", flush=True)
         components.finish_run(cfg, trainer.tracker, outcome, trainer.checkpointer)

@@ -20,7 +20,9 @@ from ctal_ds.train.config import (
     ModelConfig,
     OptimOverrides,
     RunConfig,
+    TimeoutConfig,
     TrackingConfig,
+    WatchdogConfig,
 )
 
 
@@ -92,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--run-name")
     track.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite in --out")
     track.add_argument("--flush-every", type=int, default=50)
+    hang = p.add_argument_group("timeouts and hang watchdog (seconds)")
+    hang.add_argument("--dist-init-timeout-s", type=float, default=TimeoutConfig.startup_s,
+                      help="process-group rendezvous and rank map (default %(default)g)")
+    hang.add_argument("--collective-timeout-s", type=float, default=TimeoutConfig.collective_s,
+                      help="every later collective; past it the waiting ranks raise (default %(default)g)")
+    hang.add_argument("--watchdog-factor", type=float, default=WatchdogConfig.factor,
+                      help="a step may take this many times the median recent step time; 0: no watchdog "
+                           "(default %(default)g)")
+    hang.add_argument("--watchdog-floor-s", type=float, default=WatchdogConfig.floor_s,
+                      help="the step limit is never below this (default %(default)g)")
+    hang.add_argument("--watchdog-startup-s", type=float, default=WatchdogConfig.startup_s,
+                      help="limit before the first step time is known and for each evaluation and checkpoint "
+                           "(default %(default)g)")
     return deepspeed.add_config_arguments(p)
 
 
@@ -143,6 +158,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             flush_every=args.flush_every,
         ),
         health=HealthConfig(max_skips_at_min_scale=args.max_skips_at_min_scale),
+        timeouts=TimeoutConfig(startup_s=args.dist_init_timeout_s, collective_s=args.collective_timeout_s),
+        watchdog=WatchdogConfig(
+            factor=args.watchdog_factor, floor_s=args.watchdog_floor_s, startup_s=args.watchdog_startup_s
+        ),
         seed=args.seed,
         peak_flops=args.peak_flops,
     )
@@ -163,6 +182,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--steps must be positive, got {cfg.loop.steps}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("--keep-last must be at least 1")
+    for name, value in (("--dist-init-timeout-s", cfg.timeouts.startup_s),
+                        ("--collective-timeout-s", cfg.timeouts.collective_s)):  # fmt: skip
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value:g}")
+    if cfg.watchdog.factor < 0:
+        raise ConfigError(f"--watchdog-factor must be positive (or 0: no watchdog), got {cfg.watchdog.factor:g}")
+    if cfg.watchdog.enabled:
+        for name, value in (("--watchdog-floor-s", cfg.watchdog.floor_s),
+                            ("--watchdog-startup-s", cfg.watchdog.startup_s)):  # fmt: skip
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive (--watchdog-factor 0 switches the watchdog off)")
     if cfg.model.init_from is not None:
         _validate_init_from(cfg)
 

@@ -223,8 +223,9 @@ def finish_run(cfg: RunConfig, tracker: Any, outcome: Any, checkpointer: Any) ->
     tracker.finish("FINISHED" if outcome.finished else "KILLED")
 
 
-def build_trainer(cfg: RunConfig, info: Any, ds: dict[str, Any], plan: Any) -> Trainer:
-    """Model, engine, data, checkpointing, tracking and stopping rules, wired together."""
+def build_trainer(cfg: RunConfig, info: Any, ds: dict[str, Any], plan: Any, watchdog: Any = None) -> Trainer:
+    """Model, engine, data, checkpointing, tracking and stopping rules, wired together;
+    `watchdog` (ctal_ds/train/watchdog.py) is told of the trainer's progress."""
     manifest = read_manifest(cfg.data.train_shards)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, manifest)
@@ -247,5 +248,5 @@ def build_trainer(cfg: RunConfig, info: Any, ds: dict[str, Any], plan: Any) -> T
         cfg, engine, build_train_stream(cfg, plan.micro, vocab, info.rank, info.world_size), checkpointer,
         Tracker(cfg.tracking, cfg.out) if info.is_main else NullTracker(),
         HealthMonitor(min_loss_scale(ds), cfg.health.max_skips_at_min_scale), stop, info.rank, info.world_size,
-        task=task,
+        task=task, watchdog=watchdog,
     )  # fmt: skip

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctal_ds.dist import COLLECTIVE_TIMEOUT_S, STARTUP_TIMEOUT_S
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; raised before any compute, saying what to change."""
@@ -96,6 +98,32 @@ class HealthConfig:
 
 
 @dataclass
+class TimeoutConfig:
+    """Limits of the process group (ctal_ds/dist.py), in seconds."""
+
+    # Rendezvous and the first collective (the rank map): ranks may start minutes apart.
+    startup_s: float = STARTUP_TIMEOUT_S
+    # Every later collective, in every group (DeepSpeed's own groups included).
+    collective_s: float = COLLECTIVE_TIMEOUT_S
+
+
+@dataclass
+class WatchdogConfig:
+    """Limits of the per-rank hang watchdog (ctal_ds/train/watchdog.py), in seconds."""
+
+    factor: float = 10.0  # limit = factor x median step time; 0: no watchdog
+    floor_s: float = 120.0  # the step limit is never below this
+    # Until a step time is known (engine build, resume, loader start, the first two
+    # steps) and for each evaluation and checkpoint.
+    startup_s: float = 1800.0
+    window: int = 50  # recent step times the median is taken over
+
+    @property
+    def enabled(self) -> bool:
+        return self.factor > 0
+
+
+@dataclass
 class RunConfig:
     out: Path
     deepspeed_config: Path
@@ -106,6 +134,8 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     seed: int = 1234
     # Peak FLOP/s of one device for utilisation (MFU); None: not reported.
     peak_flops: float | None = None

@@ -1,7 +1,8 @@
 """Engine start-up shared by pre-training and fine-tuning (and evaluation).
 
 `init_process_group` discovers the ranks (ctal_ds/dist.py), starts the process group
-and sizes torch's CPU thread pool; `close_process_group` leaves it together. `build_engine` wraps a model built with the run's seed (identical weights on every
+with the run's timeouts and sizes torch's CPU thread pool; `close_process_group` leaves
+it together. `build_engine` wraps a model built with the run's seed (identical weights on every
 rank) in a DeepSpeed engine, after re-seeding each rank for its own dropout stream,
 and aligns the warmup schedule with the updates. `start_run` resumes from a
 checkpoint when there is one, then opens (or reattaches to) the MLflow run on rank 0
@@ -20,13 +21,16 @@ import numpy as np
 import torch
 
 from ctal_ds import dist
+from ctal_ds.train.config import TimeoutConfig
 from ctal_ds.train.schedule import align_warmup
 
 
-def init_process_group() -> dist.RankInfo:
+def init_process_group(timeouts: TimeoutConfig | None = None) -> dist.RankInfo:
+    """`timeouts`: of the start-up and of every later collective (default: TimeoutConfig())."""
     from deepspeed.accelerator import get_accelerator
 
-    info = dist.init_distributed()
+    timeouts = timeouts if timeouts is not None else TimeoutConfig()
+    info = dist.init_distributed(startup_timeout_s=timeouts.startup_s, collective_timeout_s=timeouts.collective_s)
     if get_accelerator().device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks on one host share its cores; torch would otherwise give each all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))

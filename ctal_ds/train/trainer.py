@@ -25,11 +25,13 @@ import torch
 from tqdm import tqdm
 
 from ctal_ds.train.checkpoint import Checkpointer
+from ctal_ds.train.config import WatchdogConfig
 from ctal_ds.train.health import HealthMonitor, TrainingDiverged, loss_scale
 from ctal_ds.train.metrics import MetricsWindow, batch_counts
 from ctal_ds.train.stop import StopRequest
 from ctal_ds.train.task import PretrainTask, Task, all_reduce, to_device
 from ctal_ds.train.tracking import NullTracker
+from ctal_ds.train.watchdog import Watchdog
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Trainer:
         world_size: int,
         task: Task | None = None,
         client_state: dict[str, Any] | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -78,6 +81,8 @@ class Trainer:
         self.seen = {"samples": 0.0, "tokens": 0.0, "frames": 0.0}
         self.window = MetricsWindow(engine.device, world_size, all_reduce, cfg.peak_flops, self.task.loss_parts)
         self._lr_used = float(engine.get_lr()[0])
+        # Told of every completed step and of each evaluation and checkpoint; None: off.
+        self.watchdog = watchdog if watchdog is not None else Watchdog(WatchdogConfig(factor=0), rank)
 
     @property
     def step(self) -> int:
@@ -243,6 +248,7 @@ class Trainer:
             while self.step < total:
                 code = self.train_step()
                 step = self.step
+                self.watchdog.step_done(step)
                 bar.update(1)
                 if step % loop.log_every == 0 or step == total or code:
                     metrics = self.log()
@@ -251,10 +257,12 @@ class Trainer:
                 # Evaluation comes before saving: the RNG state a checkpoint keeps is the
                 # one the next step of an uninterrupted run starts from.
                 if loop.eval_every and (step % loop.eval_every == 0 or step == total):
-                    self.evaluate()
+                    with self.watchdog.phase("evaluation"):
+                        self.evaluate()
                 if (save_every and step % save_every == 0) or step == total or code:
-                    self.save()
-                    self.tracker.flush()
+                    with self.watchdog.phase("checkpoint"):
+                        self.save()
+                        self.tracker.flush()
                 if code:
                     break
         finally:
