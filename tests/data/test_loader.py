@@ -285,12 +285,29 @@ def test_a_terminated_worker_leaves_after_the_grace_period(monkeypatch, tmp_path
     stream = iter(loader)
     next(stream)
     workers = psutil.Process().children()
-    # torch reports a dead worker from its SIGCHLD handler or on the next fetch.
-    with pytest.raises(RuntimeError, match="DataLoader worker"):
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGTERM)
+    # torch's SIGCHLD handler raises in this process at whatever line runs when a
+    # registered worker dies; the two workers may die far apart on a loaded machine, so
+    # the second raise could land outside any `pytest.raises`. Unregistered, a dead
+    # worker is reported by the next fetch only, once.
+    import gc
+    import warnings
+
+    from torch.utils.data._utils import signal_handling
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    with warnings.catch_warnings():  # the scan touches deprecated torch module attributes
+        warnings.simplefilter("ignore")
+        (torch_iterator,) = [o for o in gc.get_objects() if isinstance(o, _MultiProcessingDataLoaderIter)]
+    signal_handling._remove_worker_pids(id(torch_iterator))
+    torch_iterator._worker_pids_set = False  # its shutdown must not unregister them again
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers still running 60 s after SIGTERM (grace 1 s): {alive}"
+    assert len(gone) == len(workers)
+    # The next fetch fails: torch names the dead worker, or its queue refuses the
+    # connection to a worker that is gone.
+    with pytest.raises((RuntimeError, ConnectionError)):
         for _ in range(100):
             next(stream)
             time.sleep(0.1)
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    assert len(gone) == len(workers) and not alive
