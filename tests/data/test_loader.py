@@ -295,9 +295,10 @@ def test_a_terminated_worker_leaves_after_the_grace_period(monkeypatch, tmp_path
     from torch.utils.data._utils import signal_handling
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
+    # type(), not isinstance(): isinstance on a dead weakref proxy among gc's objects raises
     with warnings.catch_warnings():  # the scan touches deprecated torch module attributes
         warnings.simplefilter("ignore")
-        (torch_iterator,) = [o for o in gc.get_objects() if isinstance(o, _MultiProcessingDataLoaderIter)]
+        (torch_iterator,) = [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]
     signal_handling._remove_worker_pids(id(torch_iterator))
     torch_iterator._worker_pids_set = False  # its shutdown must not unregister them again
     for worker in workers:
