@@ -73,7 +73,10 @@ def test_a_stopped_rank_makes_the_other_ranks_watchdog_end_the_job_with_its_code
     assert rank == 0 and "watchdog: rank 1 on" not in text
     assert 20 <= limit < 900 and limit <= waited < limit + 30
     assert last >= 3
-    assert "Stacks of all threads follow" in text and "in train_step" in text  # the main thread's stack
+    # The main thread's stack: where in the training loop rank 0 waits for rank 1 (the
+    # step's all-reduce, or the metrics all-reduce of a logging step) depends on timing.
+    assert "Stacks of all threads follow" in text
+    assert re.search(r'trainer\.py", line \d+ in (train_step|train|log|all_reduce)', text), text[-6000:]
     assert f"watchdog: rank exits with code {EXIT_CODE}" in text
     assert f"exits with return code = {EXIT_CODE}" in text  # the launcher saw it and ended the job
     assert "[ctal-ds] timeouts: process-group start-up 600 s, collectives 900 s" in text
