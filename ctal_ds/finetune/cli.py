@@ -42,6 +42,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     optim.add_argument("--min-steps", type=int, default=0,
                        help="at least this many optimizer steps: more epochs for a small training set")
     optim.add_argument("--lr", type=float, default=1e-5)
+    optim.add_argument("--backbone-lr-scale", type=float, default=1.0,
+                       help="pre-trained backbone's top layers at lr x this (head at lr; scratch: ignored)")
+    optim.add_argument("--layer-lr-decay", type=float, default=1.0,
+                       help="each backbone layer below the top at this x the lr of the one above")
     optim.add_argument("--warmup-steps", type=int, default=0, help="linear warmup in optimizer steps")
     optim.add_argument("--schedule", choices=["cosine", "config"], default="cosine",
                        help="cosine over the run, or the DeepSpeed JSON's scheduler")
@@ -117,6 +121,8 @@ def config_from_args(args: argparse.Namespace, **changes) -> FinetuneConfig:
         epochs=values["epochs"],
         min_steps=values["min_steps"],
         schedule=values["schedule"],
+        backbone_lr_scale=values["backbone_lr_scale"],
+        layer_lr_decay=values["layer_lr_decay"],
         optim=OptimOverrides(
             precision=values["precision"], micro_batch_size=values["micro_batch_size"],
             grad_accum=values["grad_accum"], lr=values["lr"], warmup_steps=values["warmup_steps"],

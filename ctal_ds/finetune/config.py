@@ -79,6 +79,11 @@ class FinetuneConfig:
     warmup_min_ratio: float = 0.0
     cos_min_ratio: float = 0.0001
     optim: OptimOverrides = field(default_factory=lambda: OptimOverrides(lr=1e-5))
+    # The pre-trained backbone's top layers train at lr * backbone_lr_scale, each layer
+    # below at layer_lr_decay times the one above (ctal_ds.finetune.lr_groups); the
+    # head at lr. Fresh weights (scratch) train at lr throughout.
+    backbone_lr_scale: float = 1.0
+    layer_lr_decay: float = 1.0
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(log_every=10, export_final=False))
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(save_every=0, keep_last=1))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -134,6 +139,8 @@ def validate(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--min-steps must be >= 0, got {cfg.min_steps}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.backbone_lr_scale <= 0 or cfg.layer_lr_decay <= 0:
+        raise ConfigError("--backbone-lr-scale and --layer-lr-decay must be > 0")
     if cfg.head.orthogonal_weight < 0:
         raise ConfigError("--orthogonal-weight must be >= 0")
     if cfg.head.modality not in ("both", "audio", "text"):

@@ -31,6 +31,7 @@ from ctal_ds.finetune import ds as finetune_ds
 from ctal_ds.finetune.batches import EpochPlan
 from ctal_ds.finetune.config import FinetuneConfig
 from ctal_ds.finetune.data import TaskSamples, load_task_samples, select_split
+from ctal_ds.finetune.lr_groups import param_groups
 from ctal_ds.finetune.model import build_task_model, check_vocabulary, resolve_init
 from ctal_ds.finetune.reports import Report, emotion_summary
 from ctal_ds.finetune.task import FinetuneTask
@@ -39,6 +40,7 @@ from ctal_ds.tasks.base import Split, TaskSpec
 from ctal_ds.train import ds_config
 from ctal_ds.train.checkpoint import Checkpointer, agree_on_resume, is_universal
 from ctal_ds.train.components import model_meta
+from ctal_ds.train.config import ConfigError
 from ctal_ds.train.engine import build_engine, start_run
 from ctal_ds.train.health import HealthMonitor, TrainingDiverged, min_loss_scale
 from ctal_ds.train.stop import StopRequest
@@ -210,7 +212,11 @@ def finetune_split(
     resume_dir = resume.tag_dir
     if resume_dir is not None and is_universal(resume_dir):
         ds.setdefault("checkpoint", {})["load_universal"] = True
-    engine = build_engine(model, ds, cfg.seed, info.rank, steps)
+    groups = _param_groups(cfg, model, ds)
+    if info.is_main and not isinstance(groups[0], torch.nn.Parameter):
+        rates = ", ".join(f"{g['lr']:.3g} ({len(g['params'])})" for g in groups)
+        print(f"[ctal-ds] learning rates (parameter tensors): {rates}", flush=True)
+    engine = build_engine(model, ds, cfg.seed, info.rank, steps, groups)
     checkpointer = Checkpointer(
         split_cfg.checkpoint_dir, info.rank, info.world_size, cfg.checkpoint.keep_last, torch.distributed.barrier,
         side_files={"tokenizer.json": data.tokenizer},
@@ -241,6 +247,16 @@ def finetune_split(
         _finish_split(task, tracker, result, report, trainer.step)
     torch.distributed.barrier()
     return result
+
+
+def _param_groups(cfg: FinetuneConfig, model: torch.nn.Module, ds: dict[str, Any]) -> list:
+    """Lower rates for a pre-trained backbone; fresh weights train at one rate."""
+    if cfg.init.scratch or (cfg.backbone_lr_scale == 1.0 and cfg.layer_lr_decay == 1.0):
+        return param_groups(model, 0.0)
+    lr = (ds.get("optimizer") or {}).get("params", {}).get("lr")
+    if lr is None:
+        raise ConfigError(f"{cfg.deepspeed_config}: --backbone-lr-scale / --layer-lr-decay need an optimizer lr")
+    return param_groups(model, float(lr), cfg.backbone_lr_scale, cfg.layer_lr_decay)
 
 
 # Checkpoints of a fine-tune come at epoch ends, but not more often than this many

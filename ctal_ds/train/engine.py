@@ -52,11 +52,16 @@ def seed_rank(seed: int, rank: int) -> None:
         seed_fn(seed + rank)
 
 
-def build_engine(model: torch.nn.Module, ds: dict[str, Any], seed: int, rank: int, steps: int) -> Any:
+def build_engine(
+    model: torch.nn.Module, ds: dict[str, Any], seed: int, rank: int, steps: int, params: list | None = None
+) -> Any:
+    """The DeepSpeed engine of ``model``; ``params``: its parameter groups (default: every
+    trainable parameter in one group)."""
     import deepspeed
 
     seed_rank(seed, rank)
-    params = [p for p in model.parameters() if p.requires_grad]
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds)
     align_warmup(engine, steps)
     return engine
