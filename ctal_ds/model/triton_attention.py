@@ -51,6 +51,8 @@ def check_fused_attention_usable(device: torch.device) -> None:
 # native instruction on GPUs; the log-sum-exp handed to backward is in the same units.
 _LOG2E = 1.4426950408889634
 
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 
 if triton is not None:
 
@@ -336,6 +338,46 @@ class _FusedAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+def _bool_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
+    if not isinstance(key_mask, torch.Tensor):
+        raise TypeError(f"key_mask must be a torch.Tensor, got {type(key_mask).__name__}")
+    if key_mask.dtype == torch.bool:
+        return key_mask
+    if key_mask.dtype.is_floating_point or key_mask.dtype.is_complex:
+        # scaled_dot_product_attention adds a floating attn_mask to the scores, so a
+        # float 0/1 mask has two plausible meanings; refuse rather than pick one.
+        raise TypeError(
+            f"key_mask must be bool (True = attend) or an integer 0/1 tensor, got {key_mask.dtype}; "
+            "a floating mask is ambiguous (torch's SDPA adds it to the scores): pass key_mask.bool() "
+            "or key_mask != 0"
+        )
+    # Integer masks (e.g. a tokenizer's 0/1 attention_mask): nonzero = attend.
+    return key_mask != 0
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [batch, heads, length, head_dim], got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"fused attention supports {', '.join(map(str, _DTYPES))}; got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    batch, heads, _, head_dim = q.shape
+    for name, t in (("k", k), ("v", v)):
+        if (t.shape[0], t.shape[1], t.shape[3]) != (batch, heads, head_dim):
+            raise ValueError(
+                f"{name} must be [batch={batch}, heads={heads}, len_k, head_dim={head_dim}] "
+                f"to match q {tuple(q.shape)}, got {tuple(t.shape)}"
+            )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same length, got {k.shape[2]} and {v.shape[2]}")
+
+
 def fused_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -345,18 +387,25 @@ def fused_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * sm_scale, keys where key_mask) v, with the Triton kernels.
 
-    q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; key_mask: bool [B, Lk], True = attend.
+    q: [B, H, Lq, D]; k, v: [B, H, Lk, D], one dtype (fp32, fp16, bf16) and device,
+    any strides. key_mask: [B, Lk], bool (True = attend) or integer (nonzero =
+    attend); floating masks raise TypeError.
     Returns [B, H, Lq, D] (a view whose storage is laid out [B, Lq, H, D]).
     """
-    check_fused_attention_usable(q.device)
+    _check_qkv(q, k, v)
     batch, _, _, head_dim = q.shape
     len_k = k.shape[2]
     if key_mask is None:
         key_mask = torch.ones(batch, len_k, dtype=torch.bool, device=q.device)
-    if key_mask.shape != (batch, len_k):
+    if not isinstance(key_mask, torch.Tensor):
+        raise TypeError(f"key_mask must be a torch.Tensor, got {type(key_mask).__name__}")
+    if key_mask.device != q.device:
+        raise ValueError(f"key_mask is on {key_mask.device}, q on {q.device}")
+    if tuple(key_mask.shape) != (batch, len_k):
         raise ValueError(f"key_mask must be [batch, len_k] = {(batch, len_k)}, got {tuple(key_mask.shape)}")
     # uint8 shares bool's storage, and Triton loads bytes more portably than i1.
-    key_mask = key_mask.contiguous().view(torch.uint8)
+    key_mask = _bool_key_mask(key_mask).contiguous().view(torch.uint8)
     if sm_scale is None:
         sm_scale = head_dim**-0.5
-    return _FusedAttention.apply(q, k, v, key_mask, sm_scale)
+    check_fused_attention_usable(q.device)
+    return _FusedAttention.apply(q, k, v, key_mask, float(sm_scale))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ctal_ds.model import CTALModel
+from ctal_ds.model.triton_attention import fused_attention
 
 TOLERANCE = 1e-4
 
@@ -119,6 +120,43 @@ def test_whole_model_is_the_same_under_fused_and_eager():
         """
     )
     assert errors["loss"] < TOLERANCE and errors["grad"] < TOLERANCE, errors
+
+
+def _inputs():
+    return {
+        "q": torch.randn(2, 3, 5, 16),
+        "k": torch.randn(2, 3, 7, 16),
+        "v": torch.randn(2, 3, 7, 16),
+        "key_mask": torch.ones(2, 7, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (dict(k=torch.randn(1, 3, 7, 16)), ValueError, r"k must be \[batch=2, heads=3, len_k, head_dim=16\]"),
+        (dict(v=torch.randn(2, 2, 7, 16)), ValueError, r"v must be \[batch=2, heads=3"),
+        (dict(k=torch.randn(2, 3, 7, 8)), ValueError, r"k must be .* got \(2, 3, 7, 8\)"),
+        (dict(v=torch.randn(2, 3, 6, 16)), ValueError, "k and v must have the same length, got 7 and 6"),
+        (dict(q=torch.randn(2, 5, 16)), ValueError, r"q must be 4-D \[batch, heads, length, head_dim\]"),
+        (dict(q=[[0.0]]), TypeError, "q must be a torch.Tensor"),
+        (dict(k=torch.randn(2, 3, 7, 16, dtype=torch.float64)), TypeError, "share one dtype"),
+        (
+            dict(q=torch.randn(2, 3, 5, 16).double(), k=torch.randn(2, 3, 7, 16).double(),
+                 v=torch.randn(2, 3, 7, 16).double()),
+            TypeError, "supports torch.float32",
+        ),
+        (dict(v=torch.randn(2, 3, 7, 16, device="meta")), ValueError, "one device"),
+        (dict(key_mask=torch.ones(2, 6, dtype=torch.bool)), ValueError, r"key_mask must be \[batch, len_k\]"),
+        (dict(key_mask=torch.ones(2, 7)), TypeError, "floating mask is ambiguous"),
+        (dict(key_mask=torch.ones(2, 7, dtype=torch.bool, device="meta")), ValueError, "key_mask is on meta"),
+    ],
+)  # fmt: skip
+def test_fused_attention_refuses_inconsistent_inputs(change, error, message):
+    # Inputs are checked before the kernels are reached, so this runs without a GPU.
+    inputs = {**_inputs(), **change}
+    with pytest.raises(error, match=message):
+        fused_attention(**inputs)
 
 
 @pytest.mark.skipif(
