@@ -181,6 +181,34 @@ def newest_verified(root: Path, check_hash: bool = True, what: str = "") -> Resu
     )
 
 
+def resume_spec_problem(spec: str, flag: str = "--resume") -> str | None:
+    """Why `spec` cannot name a checkpoint, judged from the directory layout alone (no
+    file is read or hashed); None for `auto`, `none` and a path `choose_resume` can use.
+
+    The launch scripts check this before any process group starts; verification of the
+    files stays with `choose_resume`.
+    """
+    if spec in ("auto", "none"):
+        return None
+    path = Path(spec)
+    what = f"{flag} {spec}: "
+    expected = (f"give a checkpoint tag directory (global_step<N>/ with {MARKER}), a checkpoints root "
+                "holding such tags, auto or none")  # fmt: skip
+    if not path.exists():
+        return f"{what}no such file or directory; {expected}"
+    if not path.is_dir():
+        return f"{what}not a directory; {expected}"
+    if TAG_RE.match(path.name):
+        if not is_complete(path):
+            return f"{what}not a complete checkpoint (no {MARKER}); it may have been interrupted while being written"
+        return None
+    if latest_complete(path) is None:
+        if is_complete(path):
+            return f"{what}holds {MARKER}, but a checkpoint tag directory is named global_step<N>"
+        return f"{what}not a checkpoint: no complete global_step<N>/ tag under it; {expected}"
+    return None
+
+
 def choose_resume(spec: str, root: Path, check_hash: bool = True, what: str | None = None) -> ResumeChoice:
     """`auto`: newest complete tag under root that verifies (None on a fresh run); `none`;
     a checkpoints root (its newest tag that verifies); or a tag dir, which must verify.

@@ -20,6 +20,7 @@ from ctal_ds.train.checkpoint import (
     latest_complete,
     rank_state_file,
     resolve_resume,
+    resume_spec_problem,
     rng_state,
     set_rng_state,
     verify_tag,
@@ -335,3 +336,25 @@ def test_an_elastic_resume_needs_the_rank_states_of_the_ranks_that_wrote_it_only
     (tag_dir / rank_state_file(0)).unlink()
     with pytest.raises(CheckpointError, match=r"rank_state_0\.pt: missing"):
         Checkpointer(root, 0, 2, 1, lambda: None).load(FakeEngine(), tag_dir)
+
+
+def test_resume_spec_problems_are_found_from_the_layout_alone(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 2)
+    (root / "global_step4").mkdir()  # interrupted
+    for spec in ("auto", "none", str(root), str(root / "global_step2")):
+        assert resume_spec_problem(spec) is None, spec
+    missing = tmp_path / "nowhere"
+    assert resume_spec_problem(str(missing)) == (
+        f"--resume {missing}: no such file or directory; give a checkpoint tag directory (global_step<N>/ with "
+        f"{MARKER}), a checkpoints root holding such tags, auto or none"
+    )  # fmt: skip
+    assert "not a directory" in resume_spec_problem(str(root / "latest"))
+    assert resume_spec_problem(str(root / "global_step4")).endswith(
+        f"global_step4: not a complete checkpoint (no {MARKER}); it may have been interrupted while being written"
+    )
+    assert f"{tmp_path}: not a checkpoint: no complete global_step<N>/ tag under it" in resume_spec_problem(str(tmp_path))
+    renamed = tmp_path / "my-tag"
+    (root / "global_step2").rename(renamed)
+    assert "a checkpoint tag directory is named global_step<N>" in resume_spec_problem(str(renamed))
+    assert resume_spec_problem(str(root)).startswith(f"--resume {root}: not a checkpoint")
