@@ -208,3 +208,32 @@ def test_single_process_with_unreachable_tracking_server_keeps_training(demo_sha
     assert not (out / "mlflow.db").exists()
     assert (out / "export" / "model.safetensors").is_file()
     assert torch.isfinite(torch.tensor([r["train/loss"] for r in rows if "train/loss" in r])).all()
+
+
+def metric_rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_diverging_run_exits_3_before_the_bad_update_and_saves_nothing_after_it(demo_shards, tmp_path):
+    import re
+
+    out = tmp_path / "run"
+    # lr 1e30: the first update throws the weights to ~1e30, and the next forward pass overflows fp32.
+    args = h.pretrain_args(demo_shards, out, "--steps", "6", "--num-workers", "0", "--lr", "1e30",
+                           "--save-every", "1", "--keep-last", "100", "--no-export")  # fmt: skip
+    result = subprocess.run([sys.executable, str(h.PRETRAIN), *args], env=h.job_env(), cwd=h.REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    found = re.search(r"\[ctal-ds\] training stopped: non-finite .* at step (\d+) \(lr ", result.stderr)
+    assert found, result.stderr[-3000:]
+    assert "the step was not applied and nothing was saved" in result.stderr
+    bad_step = int(found.group(1))
+    # Every step before it was saved (--save-every 1); the diverged step was not.
+    tags = sorted(int(p.name.removeprefix("global_step")) for p in (out / "checkpoints").glob("global_step*"))
+    assert bad_step >= 2 and tags == list(range(1, bad_step)), (bad_step, tags)
+    assert latest_complete(out / "checkpoints").name == f"global_step{bad_step - 1}"
+    assert max(r["step"] for r in metric_rows(out) if "train/loss" in r) == bad_step - 1
+    _, run = mlflow_run(out)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"].startswith("non-finite ") and f"at step {bad_step}" in run.data.tags["failure"]
+
