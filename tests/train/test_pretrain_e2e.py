@@ -12,7 +12,7 @@ import pytest
 import torch
 import train_helpers as h
 
-from ctal_ds.train.checkpoint import MARKER, latest_complete
+from ctal_ds.train.checkpoint import MARKER, latest_complete, verify_tag
 from ctal_ds.train.export import consolidated_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -236,4 +236,24 @@ def test_a_diverging_run_exits_3_before_the_bad_update_and_saves_nothing_after_i
     _, run = mlflow_run(out)
     assert run.info.status == "FAILED"
     assert run.data.tags["failure"].startswith("non-finite ") and f"at step {bad_step}" in run.data.tags["failure"]
+
+
+def test_a_time_limit_on_one_rank_stops_both_at_one_step_boundary_with_a_checkpoint_and_exit_0(demo_shards, tmp_path):
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    args = h.pretrain_args(demo_shards, out, "--steps", "6", "--save-every", "100", "--no-export")
+    # Ranks reach their deadlines at different moments; here rank 1's has passed at its
+    # first step boundary (a limit of 0 minutes) and rank 0 has none.
+    procs = h.start_ranks(args, 2, logs, rank_args={1: ["--time-limit-min", "0"]})
+    assert h.wait_ranks(procs, logs) == [0, 0], h.logs(logs)
+    status = json.loads((out / "status.json").read_text())
+    assert status == {"step": 1, "finished": False, "reason": "--time-limit-min reached"}
+    assert "[ctal-ds] --time-limit-min reached at step 1" in (logs / "rank0.log").read_text()
+    tag = latest_complete(out / "checkpoints")
+    assert tag is not None and tag.name == "global_step1"
+    assert sorted(p.name for p in (out / "checkpoints").glob("global_step*")) == ["global_step1"]
+    assert {p.name for p in tag.glob("rank_state_*.pt")} == {"rank_state_0.pt", "rank_state_1.pt"}
+    assert verify_tag(tag) == []
+    assert [r["step"] for r in metric_rows(out) if "train/loss" in r] == [1]
+    _, run = mlflow_run(out)
+    assert run.info.status == "KILLED"
 
