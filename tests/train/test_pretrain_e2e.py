@@ -257,3 +257,28 @@ def test_a_time_limit_on_one_rank_stops_both_at_one_step_boundary_with_a_checkpo
     _, run = mlflow_run(out)
     assert run.info.status == "KILLED"
 
+
+def test_exit_and_resume_with_evaluation_on_equals_an_uninterrupted_run(demo_shards, tmp_path):
+    run = dict(env=h.job_env(), cwd=h.REPO, capture_output=True, text=True, timeout=300)
+    settings = ("--steps", "6", "--eval-every", "2", "--save-every", "100", "--no-export")
+    full = tmp_path / "full"
+    done = subprocess.run([sys.executable, str(h.PRETRAIN), *h.pretrain_args(demo_shards, full, *settings)], **run)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # Stopped after step 3 (between evaluations) and after step 4 (evaluated, then saved).
+    cut = tmp_path / "cut"
+    for stop_at in ("3", "4", None):
+        extra = ("--exit-at-step", stop_at) if stop_at else ()
+        done = subprocess.run([sys.executable, str(h.PRETRAIN), *h.pretrain_args(demo_shards, cut, *settings, *extra)],
+                              **run)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((cut / "status.json").read_text())["finished"]
+
+    a = consolidated_state_dict(latest_complete(full / "checkpoints"))
+    b = consolidated_state_dict(latest_complete(cut / "checkpoints"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    valid = lambda rows: [(r["step"], r["valid/loss"]) for r in rows if "valid/loss" in r]  # noqa: E731
+    assert [s for s, _ in valid(metric_rows(cut))] == [2, 4, 6]  # each evaluation once, none repeated on resume
+    assert dict(valid(metric_rows(cut))) == pytest.approx(dict(valid(metric_rows(full))), abs=1e-6)
+    loss = lambda rows: {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}  # noqa: E731
+    assert loss(metric_rows(cut)) == pytest.approx(loss(metric_rows(full)), abs=1e-5)
