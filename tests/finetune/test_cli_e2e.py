@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ctal_ds.model import CTALConfig, CTALForPretraining
+from ctal_ds.train.checkpoint import latest_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -83,3 +84,22 @@ def test_a_bad_configuration_fails_at_once_with_exit_2(sentiment_shards, tmp_pat
     done = run("ablate", "--task", "sentiment", "--shards", str(sentiment_shards), "--variants", "no_mlm",
                "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 2 and "--init-no-mlm" in done.stderr
+
+
+def test_a_diverging_fine_tune_exits_3_and_its_run_is_marked_failed(sentiment_shards, tmp_path):
+    out = tmp_path / "run"
+    # lr 1e30: the first update throws the weights to ~1e30, and the next forward pass overflows fp32.
+    done = run("finetune", "--task", "sentiment", "--shards", str(sentiment_shards), "--scratch", "--out", str(out),
+               *COMMON, "--lr", "1e30")  # fmt: skip
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[ctal-ds] training stopped: non-finite " in done.stderr
+    assert "the step was not applied and nothing was saved" in done.stderr
+    assert not (out / "results.json").exists() and not (out / "mosei" / "results.json").exists()
+    assert latest_complete(out / "mosei" / "checkpoints") is None
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("ctal-sentiment").experiment_id])
+    assert found.info.status == "FAILED" and found.data.tags["failure"].startswith("non-finite ")
+
