@@ -103,3 +103,42 @@ def test_a_diverging_fine_tune_exits_3_and_its_run_is_marked_failed(sentiment_sh
     (found,) = client.search_runs([client.get_experiment_by_name("ctal-sentiment").experiment_id])
     assert found.info.status == "FAILED" and found.data.tags["failure"].startswith("non-finite ")
 
+
+def test_ablate_over_all_tasks_from_a_shards_root_applies_each_task_option_to_its_task_only(
+    sentiment_shards, speaker_shards, tmp_path
+):
+    import task_shards
+
+    root = tmp_path / "shards"
+    # Three dialogues per session: enough for the emotion task's default dev split.
+    task_shards.emotion_shards(root / "emotion", dialogues=3)
+    (root / "sentiment").symlink_to(sentiment_shards)
+    (root / "speaker").symlink_to(speaker_shards)
+    out = tmp_path / "ablate"
+    done = run("ablate", "--task", "all", "--shards-root", str(root), "--variants", "scratch", "--out", str(out),
+               "--n-trials", "30", *COMMON, "--task-option", "emotion:fold=1", "--task-option", "speaker:epochs=2",
+               "--task-option", "sentiment:micro_batch_size=2")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "ablation.md").read_text()
+    assert all(f"### {task}" in table for task in ("emotion", "sentiment", "speaker")), table
+
+    # emotion:fold=1: IEMOCAP's first fold only, no fold summary.
+    assert sorted(p.name for p in (out / "emotion" / "scratch").iterdir() if p.is_dir()) == ["fold1"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    params = {}
+    for task in ("emotion", "sentiment", "speaker"):
+        (found,) = client.search_runs([client.get_experiment_by_name(f"ctal-{task}").experiment_id])
+        assert found.info.status == "FINISHED", task
+        params[task] = found.data.params
+        status = json.loads(next((out / task / "scratch").glob("*/status.json")).read_text())
+        assert status["finished"] and status["step"] == int(params[task]["run.loop.steps"])
+    assert params["emotion"]["run.data.fold"] == "1"
+    assert params["sentiment"]["run.data.fold"] == params["speaker"]["run.data.fold"] == "all"
+    # speaker:epochs=2 over the shared --epochs 1.
+    assert [params[t]["run.epochs"] for t in ("emotion", "sentiment", "speaker")] == ["1", "1", "2"]
+    speaker = params["speaker"]
+    assert int(speaker["run.loop.steps"]) == 2 * int(speaker["finetune.steps_per_epoch"])
+    # sentiment:micro_batch_size=2 over the shared --micro-batch-size 4.
+    assert [params[t]["batch.micro"] for t in ("emotion", "sentiment", "speaker")] == ["4", "2", "4"]
