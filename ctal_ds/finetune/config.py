@@ -19,6 +19,7 @@ from typing import Any
 
 from ctal_ds.finetune.model import HeadSettings
 from ctal_ds.finetune.reports.base import ReportSettings
+from ctal_ds.train.checkpoint import resume_spec_problem
 from ctal_ds.train.config import (
     CheckpointConfig,
     ConfigError,
@@ -147,6 +148,9 @@ def validate(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--modality must be both, audio or text, got {cfg.head.modality!r}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("--keep-last must be at least 1")
+    problem = resume_spec_problem(cfg.checkpoint.resume)
+    if problem:
+        raise ConfigError(problem)
     if cfg.report.trials is not None and not cfg.report.trials.is_file():
         raise ConfigError(f"--trials {cfg.report.trials}: no such file")
     check_splits(cfg)
@@ -180,9 +184,14 @@ def check_splits(cfg: FinetuneConfig) -> None:
     from ctal_ds.finetune.run import choose_splits
 
     try:
-        choose_splits(splits, cfg.data.fold)
+        chosen = choose_splits(splits, cfg.data.fold)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if len(chosen) > 1 and cfg.checkpoint.resume not in ("auto", "none"):
+        raise ConfigError(
+            f"--resume {cfg.checkpoint.resume}: a checkpoint path belongs to one split; the {task} task "
+            f"has {len(chosen)} ({', '.join(s.name for s in chosen)}): add --fold N, or use --resume auto"
+        )
 
 
 def _larger_dev_fraction(task: str, records: list, settings: dict[str, Any], spec: Any) -> float | None:

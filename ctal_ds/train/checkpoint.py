@@ -10,9 +10,11 @@ One tag directory per save, `<root>/global_step<N>/`:
 Every file is fsynced, then the directory, before `complete.json` is written; the
 marker and the directory are fsynced after it, so a marker never survives a crash
 that lost the data it lists. A tag without `complete.json` was interrupted mid-write
-and is never resumed from. The marker lists every file's size and sha256: a tag is
-verified against it before it is resumed from or exported (`verify_tag`), and
-`--resume auto` falls back to the newest older tag that verifies.
+and is never resumed from. The marker lists every file's size and sha256, among them
+the rank state of every rank that saved (no marker is written without them all): a
+tag is verified against it before it is resumed from or exported (`verify_tag`), and
+`--resume auto` falls back to the newest older tag that verifies. A rank state missing
+at load is an error, not a fresh loader and RNG for that rank.
 
 `<root>/latest` names the newest complete tag, for DeepSpeed's own tools
 (`zero_to_fp32.py`, `ds_to_universal`); DeepSpeed's writer of that file is turned off
@@ -85,14 +87,19 @@ def verify_tag(tag_dir: Path, check_hash: bool = True) -> list[str]:
     """How the files of a complete tag differ from its marker's manifest; [] if they match.
 
     Every listed file must exist with the listed size; with `check_hash` its sha256
-    must match too. Hashes are only computed when every size matched.
+    must match too. Hashes are only computed when every size matched. The manifest must
+    list the rank state of every rank the checkpoint was written by.
     """
     tag_dir = Path(tag_dir)
     try:
-        listed = json.loads((tag_dir / MARKER).read_text())["files"]
+        marker = json.loads((tag_dir / MARKER).read_text())
+        listed, world_size = marker["files"], int(marker["world_size"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         return [f"{MARKER}: unreadable ({type(err).__name__}: {err})"]
-    problems = []
+    problems = [
+        f"{name}: not listed in {MARKER} (the checkpoint was written by {world_size} ranks)"
+        for name in missing_rank_states(listed, world_size)
+    ]
     for name, entry in sorted(listed.items()):
         path = tag_dir / name
         if not path.is_file():
@@ -106,6 +113,11 @@ def verify_tag(tag_dir: Path, check_hash: bool = True) -> list[str]:
         if digest != entry["sha256"]:
             problems.append(f"{name}: sha256 {digest[:16]}..., {MARKER} lists {entry['sha256'][:16]}...")
     return problems
+
+
+def missing_rank_states(names: Any, world_size: int) -> list[str]:
+    """The `rank_state_<r>.pt` of ranks 0 .. world_size-1 that are not among `names`."""
+    return [rank_state_file(r) for r in range(world_size) if rank_state_file(r) not in names]
 
 
 def require_verified(tag_dir: Path, check_hash: bool = True, what: str = "") -> None:
@@ -167,6 +179,34 @@ def newest_verified(root: Path, check_hash: bool = True, what: str = "") -> Resu
         f"Not starting afresh beside them: move them out of {root} to start afresh, or "
         "--resume a copy that verifies"
     )
+
+
+def resume_spec_problem(spec: str, flag: str = "--resume") -> str | None:
+    """Why `spec` cannot name a checkpoint, judged from the directory layout alone (no
+    file is read or hashed); None for `auto`, `none` and a path `choose_resume` can use.
+
+    The launch scripts check this before any process group starts; verification of the
+    files stays with `choose_resume`.
+    """
+    if spec in ("auto", "none"):
+        return None
+    path = Path(spec)
+    what = f"{flag} {spec}: "
+    expected = (f"give a checkpoint tag directory (global_step<N>/ with {MARKER}), a checkpoints root "
+                "holding such tags, auto or none")  # fmt: skip
+    if not path.exists():
+        return f"{what}no such file or directory; {expected}"
+    if not path.is_dir():
+        return f"{what}not a directory; {expected}"
+    if TAG_RE.match(path.name):
+        if not is_complete(path):
+            return f"{what}not a complete checkpoint (no {MARKER}); it may have been interrupted while being written"
+        return None
+    if latest_complete(path) is None:
+        if is_complete(path):
+            return f"{what}holds {MARKER}, but a checkpoint tag directory is named global_step<N>"
+        return f"{what}not a checkpoint: no complete global_step<N>/ tag under it; {expected}"
+    return None
 
 
 def choose_resume(spec: str, root: Path, check_hash: bool = True, what: str | None = None) -> ResumeChoice:
@@ -401,12 +441,21 @@ class Checkpointer:
         return tag_dir
 
     def _mark_complete(self, tag_dir: Path, step: int) -> None:
+        files = file_manifest(tag_dir)
+        missing = missing_rank_states(files, self.world_size)
+        if missing:
+            # Without the marker the tag stays incomplete: it is never resumed from, and
+            # pruning, which runs after a marker only, keeps the older tags.
+            raise CheckpointError(
+                f"{tag_dir}: {', '.join(missing)} not found after every rank saved; the tag is "
+                f"left without {MARKER}"
+            )
         marker = {
             "tag": tag_dir.name,
             "step": step,
             "world_size": self.world_size,
             "time": time.time(),
-            "files": file_manifest(tag_dir),
+            "files": files,
         }
         write_marker(tag_dir, marker)
         write_durably(self.root / "latest", tag_dir.name)
@@ -435,6 +484,11 @@ class Checkpointer:
         optimizer and schedule are exact, but the per-rank loader positions and RNG
         streams have no counterpart, so the returned rank state is marked `elastic`
         and the RNG keeps this job's seeds.
+
+        The rank state of this rank must be there if the checkpoint's world size
+        includes this rank (CheckpointError otherwise): without it the loader would
+        start at its first batch and the RNG streams from the seed. Only ranks beyond
+        that world size, on an elastic resume, start without one.
         """
         marker = json.loads((tag_dir / MARKER).read_text())
         elastic = marker["world_size"] != self.world_size
@@ -445,6 +499,16 @@ class Checkpointer:
                 "then --resume DIR), or export the weights and start with --init-from, or run "
                 "on the same world size"
             )
+        path = tag_dir / rank_state_file(self.rank)
+        if self.rank < marker["world_size"]:
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{path}: missing; {tag_dir} was written by {marker['world_size']} ranks and must hold "
+                    "the rank state (loader position, RNG states) of each. Resume from another checkpoint"
+                )
+            rank_state = load_rank_state(path)
+        else:
+            rank_state = {}
         load_path, client_state = engine.load_checkpoint(
             str(tag_dir.parent),
             tag=tag_dir.name,
@@ -454,8 +518,6 @@ class Checkpointer:
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
         self.resumed_from = Path(tag_dir)
-        path = tag_dir / rank_state_file(self.rank)
-        rank_state = load_rank_state(path) if path.is_file() else {}
         rng = rank_state.pop("rng", None)
         if elastic:
             rank_state["elastic"] = True

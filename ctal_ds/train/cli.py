@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ctal_ds.train.checkpoint import resume_spec_problem
 from ctal_ds.train.config import (
     CheckpointConfig,
     ConfigError,
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--out", type=Path, required=True)
     ckpt.add_argument("--save-every", type=int, default=1000)
     ckpt.add_argument("--keep-last", type=int, default=3)
-    ckpt.add_argument("--resume", default="auto", help="auto | none | checkpoint tag directory")
+    ckpt.add_argument("--resume", default="auto",
+                      help="auto | none | checkpoint tag directory (global_stepN) | checkpoints root")
     ckpt.add_argument("--no-verify-hash", action="store_true",
                       help="check only the file sizes of the checkpoint resumed from or exported, not their sha256")
     track = p.add_argument_group("tracking")
@@ -182,6 +184,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--steps must be positive, got {cfg.loop.steps}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("--keep-last must be at least 1")
+    problem = resume_spec_problem(cfg.checkpoint.resume)
+    if problem:
+        raise ConfigError(problem)
     for name, value in (("--dist-init-timeout-s", cfg.timeouts.startup_s),
                         ("--collective-timeout-s", cfg.timeouts.collective_s)):  # fmt: skip
         if value <= 0:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ctal_ds.model import CTALConfig, CTALForPretraining
+from ctal_ds.train.checkpoint import latest_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -83,3 +84,61 @@ def test_a_bad_configuration_fails_at_once_with_exit_2(sentiment_shards, tmp_pat
     done = run("ablate", "--task", "sentiment", "--shards", str(sentiment_shards), "--variants", "no_mlm",
                "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 2 and "--init-no-mlm" in done.stderr
+
+
+def test_a_diverging_fine_tune_exits_3_and_its_run_is_marked_failed(sentiment_shards, tmp_path):
+    out = tmp_path / "run"
+    # lr 1e30: the first update throws the weights to ~1e30, and the next forward pass overflows fp32.
+    done = run("finetune", "--task", "sentiment", "--shards", str(sentiment_shards), "--scratch", "--out", str(out),
+               *COMMON, "--lr", "1e30")  # fmt: skip
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[ctal-ds] training stopped: non-finite " in done.stderr
+    assert "the step was not applied and nothing was saved" in done.stderr
+    assert not (out / "results.json").exists() and not (out / "mosei" / "results.json").exists()
+    assert latest_complete(out / "mosei" / "checkpoints") is None
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("ctal-sentiment").experiment_id])
+    assert found.info.status == "FAILED" and found.data.tags["failure"].startswith("non-finite ")
+
+
+def test_ablate_over_all_tasks_from_a_shards_root_applies_each_task_option_to_its_task_only(
+    sentiment_shards, speaker_shards, tmp_path
+):
+    import task_shards
+
+    root = tmp_path / "shards"
+    # Three dialogues per session: enough for the emotion task's default dev split.
+    task_shards.emotion_shards(root / "emotion", dialogues=3)
+    (root / "sentiment").symlink_to(sentiment_shards)
+    (root / "speaker").symlink_to(speaker_shards)
+    out = tmp_path / "ablate"
+    done = run("ablate", "--task", "all", "--shards-root", str(root), "--variants", "scratch", "--out", str(out),
+               "--n-trials", "30", *COMMON, "--task-option", "emotion:fold=1", "--task-option", "speaker:epochs=2",
+               "--task-option", "sentiment:micro_batch_size=2")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "ablation.md").read_text()
+    assert all(f"### {task}" in table for task in ("emotion", "sentiment", "speaker")), table
+
+    # emotion:fold=1: IEMOCAP's first fold only, no fold summary.
+    assert sorted(p.name for p in (out / "emotion" / "scratch").iterdir() if p.is_dir()) == ["fold1"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    params = {}
+    for task in ("emotion", "sentiment", "speaker"):
+        (found,) = client.search_runs([client.get_experiment_by_name(f"ctal-{task}").experiment_id])
+        assert found.info.status == "FINISHED", task
+        params[task] = found.data.params
+        status = json.loads(next((out / task / "scratch").glob("*/status.json")).read_text())
+        assert status["finished"] and status["step"] == int(params[task]["run.loop.steps"])
+    assert params["emotion"]["run.data.fold"] == "1"
+    assert params["sentiment"]["run.data.fold"] == params["speaker"]["run.data.fold"] == "all"
+    # speaker:epochs=2 over the shared --epochs 1.
+    assert [params[t]["run.epochs"] for t in ("emotion", "sentiment", "speaker")] == ["1", "1", "2"]
+    speaker = params["speaker"]
+    assert int(speaker["run.loop.steps"]) == 2 * int(speaker["finetune.steps_per_epoch"])
+    # sentiment:micro_batch_size=2 over the shared --micro-batch-size 4.
+    assert [params[t]["batch.micro"] for t in ("emotion", "sentiment", "speaker")] == ["4", "2", "4"]

@@ -20,6 +20,7 @@ from ctal_ds.train.checkpoint import (
     latest_complete,
     rank_state_file,
     resolve_resume,
+    resume_spec_problem,
     rng_state,
     set_rng_state,
     verify_tag,
@@ -276,3 +277,84 @@ def test_prune_keeps_the_tag_resumed_from_whatever_keep_last_says(tmp_path):
     later.load(FakeEngine(), choose_resume("auto", root).tag_dir)
     later.save(FakeEngine(), 8, {}, {})
     assert sorted(p.name for p in root.glob("global_step*")) == ["global_step6", "global_step8"]
+
+
+def test_a_missing_rank_state_is_an_error_naming_it_not_a_restart_of_loader_and_rng(tmp_path):
+    root = tmp_path / "ck"
+    ckpt = saved_steps(root, 2)
+    tag_dir = root / "global_step2"
+    (tag_dir / rank_state_file(0)).unlink()
+    engine = FakeEngine()
+    with pytest.raises(CheckpointError, match=r"rank_state_0\.pt: missing; .*global_step2 was written by 1 ranks"):
+        ckpt.load(engine, tag_dir)
+    assert engine.loaded is None and ckpt.resumed_from is None  # refused before DeepSpeed loads anything
+    # Verification names it too, so --resume auto takes no such tag.
+    assert verify_tag(tag_dir, check_hash=False) == ["rank_state_0.pt: missing"]
+
+
+def rewrite_marker(tag_dir: Path, **changes) -> None:
+    marker = json.loads((tag_dir / MARKER).read_text())
+    marker.update(changes)
+    (tag_dir / MARKER).write_text(json.dumps(marker))
+
+
+def test_a_manifest_without_the_rank_state_of_every_rank_fails_verification(tmp_path, capsys):
+    root = tmp_path / "ck"
+    saved_steps(root, 2, 4)
+    # A marker over a tag that lacked rank 1's state when it was written.
+    rewrite_marker(root / "global_step4", world_size=2)
+    problem = f"rank_state_1.pt: not listed in {MARKER} (the checkpoint was written by 2 ranks)"
+    assert verify_tag(root / "global_step4") == verify_tag(root / "global_step4", check_hash=False) == [problem]
+    choice = choose_resume("auto", root, check_hash=False)
+    assert choice.tag_dir == root / "global_step2" and choice.rejected[0].problems == [problem]
+    assert f"global_step4 failed verification and is skipped: {problem}" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"rank_state_1\.pt: not listed"):
+        choose_resume(str(root / "global_step4"), root)
+
+
+def test_a_save_missing_a_rank_state_leaves_no_marker_and_keeps_the_older_tags(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 2, keep_last=1)
+    # Rank 0 of two, alone: rank 1's state never appears in the tag.
+    lone = Checkpointer(root, rank=0, world_size=2, keep_last=1, barrier=lambda: None)
+    with pytest.raises(CheckpointError, match=r"global_step4: rank_state_1\.pt not found after every rank saved"):
+        lone.save(FakeEngine(), 4, {"trainer": {"step": 4}}, {})
+    assert not (root / "global_step4" / MARKER).exists()
+    assert latest_complete(root) == root / "global_step2" and (root / "latest").read_text() == "global_step2"
+    assert resolve_resume("auto", root) == root / "global_step2"
+
+
+def test_an_elastic_resume_needs_the_rank_states_of_the_ranks_that_wrote_it_only(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 3)
+    tag_dir = root / "global_step3"
+    rewrite_marker(tag_dir, universal=True)  # as launch/export.py --universal marks it
+    # Two ranks resume what one rank wrote: rank 0 takes its loader state, rank 1 has none.
+    _, state0 = Checkpointer(root, 0, 2, 1, lambda: None).load(FakeEngine(), tag_dir)
+    _, state1 = Checkpointer(root, 1, 2, 1, lambda: None).load(FakeEngine(), tag_dir)
+    assert state0 == {"loader": {"batches": 3}, "elastic": True} and state1 == {"elastic": True}
+    (tag_dir / rank_state_file(0)).unlink()
+    with pytest.raises(CheckpointError, match=r"rank_state_0\.pt: missing"):
+        Checkpointer(root, 0, 2, 1, lambda: None).load(FakeEngine(), tag_dir)
+
+
+def test_resume_spec_problems_are_found_from_the_layout_alone(tmp_path):
+    root = tmp_path / "ck"
+    saved_steps(root, 2)
+    (root / "global_step4").mkdir()  # interrupted
+    for spec in ("auto", "none", str(root), str(root / "global_step2")):
+        assert resume_spec_problem(spec) is None, spec
+    missing = tmp_path / "nowhere"
+    assert resume_spec_problem(str(missing)) == (
+        f"--resume {missing}: no such file or directory; give a checkpoint tag directory (global_step<N>/ with "
+        f"{MARKER}), a checkpoints root holding such tags, auto or none"
+    )  # fmt: skip
+    assert "not a directory" in resume_spec_problem(str(root / "latest"))
+    assert resume_spec_problem(str(root / "global_step4")).endswith(
+        f"global_step4: not a complete checkpoint (no {MARKER}); it may have been interrupted while being written"
+    )
+    assert f"{tmp_path}: not a checkpoint: no complete global_step<N>/ tag under it" in resume_spec_problem(str(tmp_path))
+    renamed = tmp_path / "my-tag"
+    (root / "global_step2").rename(renamed)
+    assert "a checkpoint tag directory is named global_step<N>" in resume_spec_problem(str(renamed))
+    assert resume_spec_problem(str(root)).startswith(f"--resume {root}: not a checkpoint")

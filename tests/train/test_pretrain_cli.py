@@ -1,8 +1,14 @@
-"""launch/pretrain.py's flags: the paper's command line trains the paper's model."""
+"""launch/pretrain.py's flags: the paper's command line trains the paper's model; a bad --resume
+fails before anything starts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+import train_helpers as h
 
 from ctal_ds.model import CTALConfig
 from ctal_ds.train.cli import build_parser, run_config_from_args
@@ -24,3 +30,26 @@ def test_the_tiny_preset_is_still_there_when_asked_for():
     cfg = run_config_from_args(build_parser().parse_args([*REQUIRED, "--preset", "tiny"]))
     assert cfg.model.preset == "tiny"
     assert cfg.deepspeed_config == Path("ds_configs/zero2.json")
+
+
+# Lines that only a started process group prints (ctal_ds/dist.py, DeepSpeed's comm backend).
+STARTUP_LINES = ("rendezvous", "rank map", "Initializing TorchBackend")
+
+
+@pytest.mark.parametrize("case", ["no such path", "a directory without checkpoints"])
+def test_a_bad_resume_path_exits_2_naming_it_before_any_process_group_starts(demo_shards, tmp_path, case):
+    if case == "no such path":
+        resume = tmp_path / "elsewhere" / "checkpoints"
+    else:
+        resume = tmp_path / "notes"
+        (resume / "global_step5").mkdir(parents=True)  # an interrupted tag is not a checkpoint
+        (resume / "README").write_text("not a checkpoint\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(h.PRETRAIN), *h.pretrain_args(demo_shards, out, "--resume", str(resume))]
+    result = subprocess.run(cmd, env=h.job_env(), cwd=h.REPO, capture_output=True, text=True, timeout=300)
+    text = result.stdout + result.stderr
+    assert result.returncode == 2, text[-3000:]
+    assert f"[ctal-ds] configuration error: --resume {resume}: " in result.stderr
+    assert ("no such file or directory" if case == "no such path" else "no complete global_step<N>/ tag") in result.stderr
+    assert not [line for line in STARTUP_LINES if line in text], text[-3000:]
+    assert not out.exists()  # nothing was written for the run

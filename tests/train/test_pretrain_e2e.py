@@ -12,7 +12,7 @@ import pytest
 import torch
 import train_helpers as h
 
-from ctal_ds.train.checkpoint import MARKER, latest_complete
+from ctal_ds.train.checkpoint import MARKER, latest_complete, verify_tag
 from ctal_ds.train.export import consolidated_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -208,3 +208,77 @@ def test_single_process_with_unreachable_tracking_server_keeps_training(demo_sha
     assert not (out / "mlflow.db").exists()
     assert (out / "export" / "model.safetensors").is_file()
     assert torch.isfinite(torch.tensor([r["train/loss"] for r in rows if "train/loss" in r])).all()
+
+
+def metric_rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_diverging_run_exits_3_before_the_bad_update_and_saves_nothing_after_it(demo_shards, tmp_path):
+    import re
+
+    out = tmp_path / "run"
+    # lr 1e30: the first update throws the weights to ~1e30, and the next forward pass overflows fp32.
+    args = h.pretrain_args(demo_shards, out, "--steps", "6", "--num-workers", "0", "--lr", "1e30",
+                           "--save-every", "1", "--keep-last", "100", "--no-export")  # fmt: skip
+    result = subprocess.run([sys.executable, str(h.PRETRAIN), *args], env=h.job_env(), cwd=h.REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    found = re.search(r"\[ctal-ds\] training stopped: non-finite .* at step (\d+) \(lr ", result.stderr)
+    assert found, result.stderr[-3000:]
+    assert "the step was not applied and nothing was saved" in result.stderr
+    bad_step = int(found.group(1))
+    # Every step before it was saved (--save-every 1); the diverged step was not.
+    tags = sorted(int(p.name.removeprefix("global_step")) for p in (out / "checkpoints").glob("global_step*"))
+    assert bad_step >= 2 and tags == list(range(1, bad_step)), (bad_step, tags)
+    assert latest_complete(out / "checkpoints").name == f"global_step{bad_step - 1}"
+    assert max(r["step"] for r in metric_rows(out) if "train/loss" in r) == bad_step - 1
+    _, run = mlflow_run(out)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"].startswith("non-finite ") and f"at step {bad_step}" in run.data.tags["failure"]
+
+
+def test_a_time_limit_on_one_rank_stops_both_at_one_step_boundary_with_a_checkpoint_and_exit_0(demo_shards, tmp_path):
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    args = h.pretrain_args(demo_shards, out, "--steps", "6", "--save-every", "100", "--no-export")
+    # Ranks reach their deadlines at different moments; here rank 1's has passed at its
+    # first step boundary (a limit of 0 minutes) and rank 0 has none.
+    procs = h.start_ranks(args, 2, logs, rank_args={1: ["--time-limit-min", "0"]})
+    assert h.wait_ranks(procs, logs) == [0, 0], h.logs(logs)
+    status = json.loads((out / "status.json").read_text())
+    assert status == {"step": 1, "finished": False, "reason": "--time-limit-min reached"}
+    assert "[ctal-ds] --time-limit-min reached at step 1" in (logs / "rank0.log").read_text()
+    tag = latest_complete(out / "checkpoints")
+    assert tag is not None and tag.name == "global_step1"
+    assert sorted(p.name for p in (out / "checkpoints").glob("global_step*")) == ["global_step1"]
+    assert {p.name for p in tag.glob("rank_state_*.pt")} == {"rank_state_0.pt", "rank_state_1.pt"}
+    assert verify_tag(tag) == []
+    assert [r["step"] for r in metric_rows(out) if "train/loss" in r] == [1]
+    _, run = mlflow_run(out)
+    assert run.info.status == "KILLED"
+
+
+def test_exit_and_resume_with_evaluation_on_equals_an_uninterrupted_run(demo_shards, tmp_path):
+    run = dict(env=h.job_env(), cwd=h.REPO, capture_output=True, text=True, timeout=300)
+    settings = ("--steps", "6", "--eval-every", "2", "--save-every", "100", "--no-export")
+    full = tmp_path / "full"
+    done = subprocess.run([sys.executable, str(h.PRETRAIN), *h.pretrain_args(demo_shards, full, *settings)], **run)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # Stopped after step 3 (between evaluations) and after step 4 (evaluated, then saved).
+    cut = tmp_path / "cut"
+    for stop_at in ("3", "4", None):
+        extra = ("--exit-at-step", stop_at) if stop_at else ()
+        done = subprocess.run([sys.executable, str(h.PRETRAIN), *h.pretrain_args(demo_shards, cut, *settings, *extra)],
+                              **run)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((cut / "status.json").read_text())["finished"]
+
+    a = consolidated_state_dict(latest_complete(full / "checkpoints"))
+    b = consolidated_state_dict(latest_complete(cut / "checkpoints"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    valid = lambda rows: [(r["step"], r["valid/loss"]) for r in rows if "valid/loss" in r]  # noqa: E731
+    assert [s for s, _ in valid(metric_rows(cut))] == [2, 4, 6]  # each evaluation once, none repeated on resume
+    assert dict(valid(metric_rows(cut))) == pytest.approx(dict(valid(metric_rows(full))), abs=1e-6)
+    loss = lambda rows: {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}  # noqa: E731
+    assert loss(metric_rows(cut)) == pytest.approx(loss(metric_rows(full)), abs=1e-5)

@@ -238,8 +238,10 @@ def pretrain_args(shards: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def start_ranks(args: list[str], world: int, log_dir: Path, **env: str) -> list[subprocess.Popen]:
-    """`world` processes of launch/pretrain.py found by RANK/WORLD_SIZE, as torchrun would start them."""
+def start_ranks(args: list[str], world: int, log_dir: Path, rank_args: dict[int, list[str]] | None = None,
+                **env: str) -> list[subprocess.Popen]:  # fmt: skip
+    """`world` processes of launch/pretrain.py found by RANK/WORLD_SIZE, as torchrun would start them;
+    `rank_args[r]` is appended to rank r's flags."""
     port = str(free_port())
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -247,7 +249,8 @@ def start_ranks(args: list[str], world: int, log_dir: Path, **env: str) -> list[
         rank_env = job_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env)  # fmt: skip
         log = open(log_dir / f"rank{rank}.log", "w")  # the child keeps it; closed at its exit
-        procs.append(subprocess.Popen([sys.executable, str(PRETRAIN), *args], env=rank_env, cwd=REPO,
+        own = (rank_args or {}).get(rank, [])
+        procs.append(subprocess.Popen([sys.executable, str(PRETRAIN), *args, *own], env=rank_env, cwd=REPO,
                                       stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
     return procs
 
