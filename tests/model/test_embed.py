@@ -7,13 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_inputs import TEXTS, tiny_export, voiced
 
 from ctal_ds.data.features import FeatureConfig
-from ctal_ds.data.tokenizer import CTALTokenizer
 from ctal_ds.model import (
     CTALConfig,
     CTALForPretraining,
@@ -24,17 +23,7 @@ from ctal_ds.model import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-TEXTS = ["hello there", "the river runs under the stone bridge", "good night"]
 EMOTIONS = ["ang", "hap", "neu", "sad"]
-
-
-def voiced(seconds: float, rate: int, f0: float, seed: int) -> np.ndarray:
-    """A harmonic tone with vibrato and breath noise: speech-like spectra, not silence."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / rate
-    x = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2)
-    return (0.2 * x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -48,25 +37,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    CTALTokenizer.train(TEXTS * 3, vocab_size=300, min_frequency=1).save(path)
-    return path
+def export(tmp_path_factory) -> Path:
+    return tiny_export(tmp_path_factory.mktemp("pretrain") / "export")
 
 
 @pytest.fixture(scope="module")
-def config(tokenizer_file) -> CTALConfig:
-    vocab = CTALTokenizer.load(tokenizer_file).vocab_size
-    return CTALConfig.preset("tiny", vocab_size=vocab, dropout=0.0, attention_dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory, config, tokenizer_file) -> Path:
-    """A pre-training export: weights, tokenizer.json and feature_config.json."""
-    torch.manual_seed(0)
-    model = CTALForPretraining(config)
-    return model.save_pretrained(tmp_path_factory.mktemp("pretrain") / "export", tokenizer_file=tokenizer_file,
-                                 feature_config=FeatureConfig())  # fmt: skip
+def config(export) -> CTALConfig:
+    return CTALModel.from_pretrained(export).config
 
 
 def test_the_readme_line_works_as_written(export, files, tmp_path):
