@@ -150,9 +150,11 @@ def run_model(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tor
                     audio_mask=batch["audio_mask"],
                 )
             if hasattr(model, "predict_from_states"):
-                task = model.predict_from_states(
-                    states.text_states, batch["text_mask"], states.audio_states, batch.get("audio_mask")
-                )
+                text_in, audio_in = states.text_states, states.audio_states
+                if task_config.probe:
+                    # A probe's head reads its learnt mix of every layer, not H^N.
+                    text_in, audio_in = model._backbone(batch, has_audio)
+                task = model.predict_from_states(text_in, batch["text_mask"], audio_in, batch.get("audio_mask"))
                 result.update({k: v for k, v in task.items() if k != "orth_loss"})
     finally:
         model.train(was_training)

@@ -175,3 +175,22 @@ def test_on_a_gpu_the_outputs_stay_on_the_model_device_and_match_the_cpu(export,
     assert on_gpu["audio_pooled"].device.type == "cuda"
     torch.testing.assert_close(on_gpu["audio_pooled"].cpu(), cpu.embed(audio=paths, text=TEXTS[:2])["audio_pooled"],
                                atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_task_outputs_are_those_of_the_model_forward(export, files, tmp_path, probe):
+    """A probe's head reads a mix of all layers: embed must give what forward gives."""
+    torch.manual_seed(4)
+    task = CTALForSequenceTask.from_pretrained(export, task="classification", num_labels=4, probe=probe)
+    with torch.no_grad():
+        if probe:
+            task.text_layer_weights.copy_(torch.randn_like(task.text_layer_weights))
+            task.audio_layer_weights.copy_(torch.randn_like(task.audio_layer_weights))
+    model = load_pretrained(task.save_pretrained(tmp_path / "t", tokenizer_file=export / "tokenizer.json",
+                                                 feature_config=FeatureConfig()))  # fmt: skip
+    paths = [files["x0"], files["x1"]]
+    out = model.embed(audio=paths, text=TEXTS[:2])
+    with torch.no_grad():
+        ref = model.eval()(model.processor(audio=paths, text=TEXTS[:2]))
+    torch.testing.assert_close(out["logits"], ref["logits"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["embedding"], ref["embedding"], atol=1e-6, rtol=0)
