@@ -15,6 +15,10 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     "scikit-learn>=1.3",
     "espeakng-loader>=0.2.4",
+    # CTALProcessor computes features with one BLAS thread, as shard-building workers do.
+    "threadpoolctl>=3.1",
+    # launch/embed.py writes .parquet.
+    "pyarrow>=12",
 ]
 
 EXTRAS_REQUIRE = {

@@ -191,7 +191,7 @@ def finetune_split(
     plan = finetune_ds.batch_plan(raw, cfg, info.world_size, info.world_size_var)
     task = FinetuneTask(
         spec, samples, model, EpochPlan(plan.micro, plan.accum, plan.world, cfg.seed), out, info.rank,
-        info.world_size, cfg.data.eval_batch_size, cfg.report, data.tokenizer,
+        info.world_size, cfg.data.eval_batch_size, cfg.report, data.tokenizer, data.manifest.get("features"),
     )  # fmt: skip
     epochs = cfg.epochs_for(task.steps_per_epoch)
     steps = epochs * task.steps_per_epoch

@@ -83,6 +83,7 @@ class FinetuneTask:
         eval_batch_size: int = 16,
         report: ReportSettings | None = None,
         tokenizer: Path | None = None,
+        features: dict[str, Any] | None = None,
     ) -> None:
         self.spec, self.split, self.model, self.plan = spec, split, model, plan
         self.out = Path(out)
@@ -90,6 +91,7 @@ class FinetuneTask:
         self.eval_batch_size = eval_batch_size
         self.report_settings = report or ReportSettings()
         self.tokenizer = tokenizer
+        self.features = features  # the shards' FeatureConfig, saved beside each selected model
         self.selection = ModelSelection(spec, self.out / "selection", is_main=rank == 0)
         self.steps_per_epoch = plan.steps_per_epoch(len(split.train))
         # The speaker test split holds unseen speakers: no class to label them with.
@@ -148,4 +150,7 @@ class FinetuneTask:
     def _save_weights(self, engine: Any, target: Path) -> None:
         state = module_state_dict(engine)
         if self.rank == 0:
-            self.model.save_pretrained(target, tokenizer_file=self.tokenizer, state_dict=state)
+            self.model.save_pretrained(
+                target, tokenizer_file=self.tokenizer, state_dict=state, feature_config=self.features,
+                label_names=self.spec.label_names,
+            )

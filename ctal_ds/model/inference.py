@@ -1,4 +1,8 @@
-"""`encode`: representations of utterances for users outside the training loop."""
+"""Representations of utterances for users outside the training loop.
+
+`encode` takes features and token ids as shards hold them; `embed` takes recordings
+(paths or waveforms) and transcripts and prepares them with a `CTALProcessor`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from torch import nn
 
 from ctal_ds.model.fusion import masked_mean
+from ctal_ds.model.processor import is_single
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -106,13 +111,28 @@ def encode(
     speaker embedding) and `logits` or `preds`. One utterance in gives tensors
     without the batch dimension.
     """
+    batch, single = prepare_inputs(
+        features, tokens, model.backbone.config.pad_token_id, audio_mask=audio_mask, text_mask=text_mask
+    )
+    result = run_model(model, batch)
+    if single:
+        result = {k: v[0] for k, v in result.items()}
+    return result
+
+
+def run_model(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`encode`'s outputs for a padded batch (input_ids, text_mask, and optionally
+    audio_feats, audio_mask), moved to the model's device and dtype. Without audio
+    only the text outputs are returned."""
     backbone = model.backbone
     param = next(model.parameters())
-    batch, single = prepare_inputs(
-        features, tokens, backbone.config.pad_token_id, audio_mask=audio_mask, text_mask=text_mask
-    )
     batch = {k: v.to(param.device) for k, v in batch.items()}
-    batch["audio_feats"] = batch["audio_feats"].to(param.dtype)
+    has_audio = "audio_feats" in batch
+    if has_audio:
+        batch["audio_feats"] = batch["audio_feats"].to(param.dtype)
+    task_config = getattr(model, "task_config", None)
+    if task_config is not None and task_config.modality != "text" and not has_audio:
+        raise ValueError(f"this {task_config.task} model reads audio (modality {task_config.modality!r}): give audio")
     was_training = model.training
     model.eval()
     try:
@@ -120,19 +140,68 @@ def encode(
             states = backbone(**batch)
             result = {
                 "text_states": states.text_states,
-                "audio_states": states.audio_states,
                 "text_pooled": masked_mean(states.text_states, batch["text_mask"]),
-                "audio_pooled": masked_mean(states.audio_states, batch["audio_mask"]),
                 "text_mask": batch["text_mask"],
-                "audio_mask": batch["audio_mask"],
             }
-            if hasattr(model, "predict_from_states"):
-                task = model.predict_from_states(
-                    states.text_states, batch["text_mask"], states.audio_states, batch["audio_mask"]
+            if has_audio:
+                result.update(
+                    audio_states=states.audio_states,
+                    audio_pooled=masked_mean(states.audio_states, batch["audio_mask"]),
+                    audio_mask=batch["audio_mask"],
                 )
+            if hasattr(model, "predict_from_states"):
+                text_in, audio_in = states.text_states, states.audio_states
+                if task_config.probe:
+                    # A probe's head reads its learnt mix of every layer, not H^N.
+                    text_in, audio_in = model._backbone(batch, has_audio)
+                task = model.predict_from_states(text_in, batch["text_mask"], audio_in, batch.get("audio_mask"))
                 result.update({k: v for k, v in task.items() if k != "orth_loss"})
     finally:
         model.train(was_training)
+    return result
+
+
+def _task_outputs(model: nn.Module, result: dict[str, Any]) -> None:
+    """Readable task outputs of a fine-tuned model, added to `result` in place."""
+    task_config = getattr(model, "task_config", None)
+    if task_config is None:
+        return
+    if task_config.task == "regression":
+        result["score"] = result["preds"].float()
+        return
+    probs = torch.softmax(result["logits"].float(), dim=-1)
+    result["probs"] = probs
+    result["label"] = probs.argmax(-1)
+    names = getattr(model, "label_names", None)
+    if names:
+        result["label_name"] = [names[i] for i in result["label"].tolist()]
+    if task_config.task == "speaker":
+        result["speaker_embedding"] = result["embedding"]
+
+
+def embed(
+    model: nn.Module,
+    processor: Any,
+    audio: Any = None,
+    text: Any = None,
+    sampling_rate: Any = None,
+    truncation: bool = True,
+) -> dict[str, Any]:
+    """Representations of recordings and transcripts, from raw audio and text.
+
+    `processor` (a `CTALProcessor`) turns the inputs into the batch shard building and
+    the collator would give; the model runs in eval mode, without gradients, on its own
+    device. Returns `run_model`'s outputs, plus for a fine-tuned model `probs`, `label`
+    and `label_name` (classification, speaker; names when the directory stores them),
+    `score` (regression) and `speaker_embedding` (speaker). One recording (a path or one
+    waveform array) with one text gives tensors without the batch dimension.
+    """
+    texts, waves = processor.prepare(audio, text, sampling_rate, truncation)
+    single = is_single(audio) if audio is not None else isinstance(text, str)
+    batch = processor.batch(waves, processor.tokenize(texts, truncation))
+    result: dict[str, Any] = run_model(model, batch)
+    _task_outputs(model, result)
     if single:
         result = {k: v[0] for k, v in result.items()}
     return result
+

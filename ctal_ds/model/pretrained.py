@@ -3,6 +3,11 @@
     <dir>/config.json        {"format_version", "architecture", "model": CTALConfig, "head": {...}}
     <dir>/model.safetensors  weights; tied copies are stored once
     <dir>/tokenizer.json     the tokenizer, when one was given
+    <dir>/feature_config.json the audio FeatureConfig of the shards, when one was given
+
+config.json also holds `label_names` (class index -> name) for a task model that was
+saved with them. `CTALProcessor.from_pretrained(dir)` reads the tokenizer and the
+feature config; `model.embed(audio=..., text=...)` uses that processor.
 
 A checkpoint of one architecture can seed another: a pre-training checkpoint loaded
 with `CTALForSequenceTask.from_pretrained(dir, task=..., num_labels=...)` brings its
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,8 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ctal_ds.data.features import FeatureConfig
 from ctal_ds.model.config import CTALConfig
-from ctal_ds.model.inference import encode
+from ctal_ds.model.inference import embed, encode
+from ctal_ds.model.processor import FEATURE_CONFIG_NAME, CTALProcessor
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,6 +49,10 @@ class PretrainedModel(nn.Module):
     backbone_prefix: ClassVar[str] = "ctal."
     tied_weight_keys: ClassVar[tuple[str, ...]] = ()
     config: CTALConfig
+    # Set by from_pretrained: the directory loaded, and the class names stored there.
+    pretrained_dir: Path | None = None
+    label_names: tuple[str, ...] | None = None
+    _processor: CTALProcessor | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -59,11 +71,16 @@ class PretrainedModel(nn.Module):
         directory: str | Path,
         tokenizer_file: str | Path | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
+        feature_config: dict[str, Any] | FeatureConfig | None = None,
+        label_names: Sequence[str] | None = None,
     ) -> Path:
         """Write the model directory.
 
         `state_dict` replaces the module's own, e.g. the consolidated weights of a
         ZeRO-3 engine, whose module holds only this rank's partition.
+        `feature_config` (a `FeatureConfig.to_dict()`, as a shard manifest's `features`)
+        is written as feature_config.json. `label_names` (default: the model's own,
+        from the directory it was loaded from) name the task head's classes.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -82,9 +99,16 @@ class PretrainedModel(nn.Module):
             "model": self.config.to_dict(),
             "head": self.head_config(),
         }
+        names = self.label_names if label_names is None else tuple(label_names)
+        if names is not None:
+            meta["label_names"] = list(names)
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, directory / TOKENIZER_NAME)
+        if feature_config is not None:
+            if isinstance(feature_config, FeatureConfig):
+                feature_config = feature_config.to_dict()
+            (directory / FEATURE_CONFIG_NAME).write_text(json.dumps(dict(feature_config), indent=2) + "\n")
         return directory
 
     @classmethod
@@ -111,11 +135,14 @@ class PretrainedModel(nn.Module):
         if saved_cls is cls:
             model = cls(config, **{**meta["head"], **head_config})
             model._load_full_state(state)
+            if meta.get("label_names") is not None:
+                model.label_names = tuple(meta["label_names"])
         else:
             model = cls(config, **head_config)
             prefix = saved_cls.backbone_prefix
             backbone_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             model.backbone.load_state_dict(backbone_state, strict=True)
+        model.pretrained_dir = directory
         return model
 
     def _load_full_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -136,6 +163,38 @@ class PretrainedModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Representations of utterances; see `ctal_ds.model.inference.encode`."""
         return encode(self, features, tokens, audio_mask=audio_mask, text_mask=text_mask)
+
+    @property
+    def processor(self) -> CTALProcessor:
+        """The `CTALProcessor` of the directory the model was loaded from, limited to
+        this model's positions; assign one to use other settings (e.g. the torch
+        feature backend on a GPU)."""
+        if self._processor is None:
+            if self.pretrained_dir is None:
+                raise ValueError(
+                    "this model was not loaded with from_pretrained: set model.processor = "
+                    "CTALProcessor.from_pretrained(<model directory>) or pass processor= to embed"
+                )
+            self._processor = CTALProcessor.from_pretrained(
+                self.pretrained_dir, max_tokens=self.config.max_tokens, max_frames=self.config.max_frames
+            )
+        return self._processor
+
+    @processor.setter
+    def processor(self, processor: CTALProcessor) -> None:
+        self._processor = processor
+
+    def embed(
+        self,
+        audio: Any = None,
+        text: Any = None,
+        sampling_rate: Any = None,
+        processor: CTALProcessor | None = None,
+        truncation: bool = True,
+    ) -> dict[str, Any]:
+        """Representations of recordings (paths or waveforms at `sampling_rate`) and
+        their transcripts; see `ctal_ds.model.inference.embed` and `CTALProcessor`."""
+        return embed(self, processor or self.processor, audio, text, sampling_rate, truncation)
 
 
 def read_pretrained_config(directory: str | Path) -> dict[str, Any]:

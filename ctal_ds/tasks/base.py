@@ -97,6 +97,11 @@ class TaskSpec(abc.ABC):
     def metrics(self, preds: Any, labels: Sequence) -> dict[str, float]:
         """Metrics of predictions (logits, class indices or scores) against targets."""
 
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """Name of each output class in index order (saved with the model), or None."""
+        return None
+
     def is_better(self, candidate: float, best: float | None) -> bool:
         """Whether ``candidate`` of ``selection_metric`` beats the best seen so far."""
         if best is None:

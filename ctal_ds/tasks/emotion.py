@@ -82,6 +82,10 @@ class EmotionTask(TaskSpec):
         if not 0.0 < self.dev_fraction <= 0.5:
             raise ValueError(f"dev_fraction must be in (0, 0.5], got {self.dev_fraction}")
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return EMOTIONS
+
     def label_of(self, sample: Sample) -> int:
         emotion = sample_label(sample, "emotion")
         if emotion not in EMOTIONS:

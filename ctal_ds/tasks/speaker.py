@@ -63,6 +63,10 @@ class SpeakerTask(TaskSpec):
     def num_labels(self) -> int:  # type: ignore[override]
         return len(self.speakers)
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.speakers
+
     def label_of(self, sample: Sample) -> int:
         speaker = sample_field(sample, "speaker")
         index = self._class_of.get(speaker)

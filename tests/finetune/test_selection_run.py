@@ -96,6 +96,17 @@ def test_selection_follows_dev_even_when_test_disagrees(misled_run):
     assert same_weights(selected.state_dict(), at_dev[split.selection["best_step"]])
 
 
+def test_the_export_carries_the_class_names_and_the_shards_feature_config(misled_run):
+    from ctal_ds.data.shards import read_manifest
+
+    _, _, out = misled_run
+    selected = load_pretrained(out / "export")
+    assert selected.label_names == task_shards.EMOTIONS
+    # What CTALProcessor.from_pretrained reads (the shards' tokenizer here is a stand-in).
+    saved = json.loads((out / "export" / "feature_config.json").read_text())
+    assert saved == read_manifest(out.parent.parent / "shards")["features"]
+
+
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
     return all(torch.equal(a[k], b[k]) for k in a)
