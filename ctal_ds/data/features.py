@@ -142,7 +142,11 @@ def derive(logmel: np.ndarray, config: FeatureConfig) -> np.ndarray:
     feats = np.concatenate([mel, delta], axis=0).T.astype(np.float64)  # [T, 2M]
     mean = feats.mean(axis=0)
     std = np.maximum(feats.std(axis=0), config.norm_floor)
-    return ((feats - mean) / std).astype(np.float32)
+    # In place: the element-wise results of (feats - mean) / std, without allocating
+    # (and page-faulting) two more [T, 2M] float64 arrays, most of the cost at 1000 frames.
+    feats -= mean
+    feats /= std
+    return feats.astype(np.float32)
 
 
 def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:
