@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 from threadpoolctl import threadpool_limits
 
-from ctal_ds.data import feature_encoding
+from ctal_ds.data import feature_encoding, shard_reader, shard_writer
 from ctal_ds.data.audio import load_audio
 from ctal_ds.data.collate import PretrainCollator
 from ctal_ds.data.demo.espeak import ESpeak, VoiceSettings
@@ -247,6 +247,7 @@ def test_manifest_records_the_format_and_encoding_and_the_layouts_differ(built):
         assert manifest["features"] == FEATURES.to_dict()
         assert "feature_encoding" not in manifest["shard_config"]
         members = feature_encoding.feature_members(encoding) + ("tokens.npy", "json")
+        assert shard_writer.sample_members(encoding) == shard_reader.sample_members(encoding) == members
         with tarfile.open(shard_paths(out)[0]) as tar:
             suffixes = [name.split(".", 1)[1] for name in tar.getnames()]
         assert suffixes == list(members) * (len(suffixes) // len(members))
