@@ -40,6 +40,7 @@ def sample_members(encoding: str) -> tuple[str, ...]:
     """Member suffixes of a sample written in ``encoding``, in writing order."""
     return (*feature_encoding.feature_members(encoding), TOKENS, META)
 
+
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
