@@ -13,6 +13,10 @@
     # Verify every shard against its manifest (exit 1 and the file names if any is bad)
     python launch/prepare_data.py --check shards/ls960
 
+    # Smaller shards: store the 80 log-mel dims (uint8), the loader derives the 160
+    python launch/prepare_data.py --corpus data/LibriSpeech --out shards/ls960-u8 \
+        --split train-clean-100 --feature-encoding uint8-logmel
+
 Rerunning an interrupted build with the same arguments finishes it, keeping the shards
 already written. Utterances longer than --max-seconds are left out (rejects.jsonl); the
 build ends with a warning naming them per split, since a test set missing some of its
@@ -28,6 +32,7 @@ import re
 import sys
 from pathlib import Path
 
+from ctal_ds.data.feature_encoding import DEFAULT_ENCODING, ENCODINGS
 from ctal_ds.data.features import BACKENDS, FeatureConfig
 from ctal_ds.data.records import CorpusScan
 from ctal_ds.data.shards import (
@@ -61,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default=ShardConfig.backend)
     p.add_argument("--device", default=None, help="torch backend device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=ShardConfig.batch_size)
+    p.add_argument("--feature-encoding", choices=ENCODINGS, default=DEFAULT_ENCODING,
+                   help="how samples store the features: float16-160 the 160 dims (~25.6 KB per audio "
+                        "second), float16-logmel (~12.8 KB) or uint8-logmel (~6.4 KB) the 80 log-mel "
+                        "dims, from which the loader derives delta and normalisation "
+                        f"(default {DEFAULT_ENCODING}; shards/README.md)")
     p.add_argument("--max-seconds", "--max-duration", dest="max_duration", type=float,
                    default=FeatureConfig.max_duration_s,
                    help="longest utterance kept, in seconds; longer ones are left out, with a warning "
@@ -131,6 +141,7 @@ def prepare(scan: CorpusScan, args: argparse.Namespace) -> list[BuildResult]:
         batch_size=args.batch_size,
         seed=args.seed,
         max_tokens=args.max_tokens,
+        feature_encoding=args.feature_encoding,
     )
     tokenizer = args.tokenizer or TokenizerConfig(args.vocab_size, args.min_frequency)
     provenance = {"splits": sorted(args.split)} if args.split else {}
@@ -164,7 +175,8 @@ def check(root: Path) -> int:
         for problem in report.problems:
             print(f"{d}/{problem}", file=sys.stderr)
         status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-        print(f"{d}: {report.shards} shards, {report.samples} samples: {status}")
+        encoding = f" ({report.encoding})" if report.encoding else ""
+        print(f"{d}: {report.shards} shards, {report.samples} samples{encoding}: {status}")
         bad += not report.ok
     return 1 if bad else 0
 

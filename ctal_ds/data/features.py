@@ -21,6 +21,10 @@ Definition, for a mono float waveform of ``n`` samples at ``sample_rate``:
 4. ``[log-mel, delta]`` concatenated, then each of the 160 dims normalised to zero mean
    and unit variance over the utterance's frames (``std`` floored at ``norm_floor``).
 
+:func:`extract_logmel` stops after step 2; :func:`derive` runs steps 3 and 4 on a log-mel,
+the way the librosa backend does (shards may store the log-mel instead of the features:
+``ctal_ds.data.feature_encoding``).
+
 n_fft is 1024 rather than the 800-sample window: a power of two is the fast FFT size, and
 its 15.6 Hz bins leave no empty filter among the narrow low mel bands.
 """
@@ -98,7 +102,8 @@ def mel_filterbank(config: FeatureConfig) -> np.ndarray:
 # --------------------------------------------------------------------------- librosa
 
 
-def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:
+def _logmel_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """float32 [n_mels, T]: steps 1 and 2 of the definition."""
     import librosa
 
     with warnings.catch_warnings():
@@ -114,23 +119,49 @@ def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:
             pad_mode="constant",
         )
     power = np.abs(spec) ** 2
-    logmel = np.log(np.maximum(mel_filterbank(config) @ power, config.log_floor))  # [M, T]
-    delta = librosa.feature.delta(logmel, width=config.delta_width, order=1, axis=-1, mode="nearest")
-    feats = np.concatenate([logmel, delta], axis=0).T.astype(np.float64)  # [T, 2M]
+    return np.log(np.maximum(mel_filterbank(config) @ power, config.log_floor))  # [M, T]
+
+
+def derive(logmel: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Steps 3 and 4 of the definition: log-mel [T, n_mels] (any float dtype, or a
+    transposed view of a [n_mels, T] array) -> float32 [T, 2 n_mels] features.
+
+    The log-mel is taken as float32 and the delta computed on the [n_mels, T] array
+    with ``librosa.feature.delta``, then the normalisation in float64, exactly as the
+    librosa backend computes the features from the float32 log-mel of its step 2: from
+    that log-mel the result is the same to the bit. Shards that store the log-mel
+    (``ctal_ds.data.feature_encoding``) are decoded with it.
+    """
+    import librosa
+
+    logmel = np.asarray(logmel)
+    if logmel.ndim != 2 or logmel.shape[1] != config.n_mels or logmel.shape[0] < 1:
+        raise ValueError(f"expected log-mel [T>=1, {config.n_mels}], got shape {logmel.shape}")
+    mel = np.ascontiguousarray(logmel.T, dtype=np.float32)  # [M, T]
+    delta = librosa.feature.delta(mel, width=config.delta_width, order=1, axis=-1, mode="nearest")
+    feats = np.concatenate([mel, delta], axis=0).T.astype(np.float64)  # [T, 2M]
     mean = feats.mean(axis=0)
     std = np.maximum(feats.std(axis=0), config.norm_floor)
-    return ((feats - mean) / std).astype(np.float32)
+    # In place: the element-wise results of (feats - mean) / std, without allocating
+    # (and page-faulting) two more [T, 2M] float64 arrays, most of the cost at 1000 frames.
+    feats -= mean
+    feats /= std
+    return feats.astype(np.float32)
+
+
+def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    return derive(_logmel_librosa(waveform, config).T, config)
 
 
 # --------------------------------------------------------------------------- torch
 
 
-def torch_features(waves, lengths, config: FeatureConfig):
-    """Batched features on the waves' device.
+def torch_logmel(waves, lengths, config: FeatureConfig):
+    """Batched log-mel (steps 1 and 2) on the waves' device.
 
     waves: float [B, N] zero-padded mono waveforms; lengths: int [B] valid samples.
-    Returns (feats float32 [B, T, dim] with zeros past each utterance's end,
-    n_frames int64 [B]). Valid frames do not depend on how much padding follows them.
+    Returns (logmel float32 [B, T, n_mels], n_frames int64 [B]); frames past an
+    utterance's end hold the log-mel of its zero padding.
     """
     import torch
 
@@ -151,7 +182,20 @@ def torch_features(waves, lengths, config: FeatureConfig):
     power = spec.real.square() + spec.imag.square()
     fb = torch.from_numpy(mel_filterbank(config)).to(device)
     logmel = torch.log(torch.clamp(torch.matmul(fb, power), min=config.log_floor))
-    logmel = logmel.transpose(1, 2)  # [B, T, M]
+    return logmel.transpose(1, 2), frames  # [B, T, M]
+
+
+def torch_features(waves, lengths, config: FeatureConfig):
+    """Batched features on the waves' device.
+
+    waves: float [B, N] zero-padded mono waveforms; lengths: int [B] valid samples.
+    Returns (feats float32 [B, T, dim] with zeros past each utterance's end,
+    n_frames int64 [B]). Valid frames do not depend on how much padding follows them.
+    """
+    import torch
+
+    device = waves.device
+    logmel, frames = torch_logmel(waves, lengths, config)
     n_batch, n_time, n_mels = logmel.shape
 
     # Delta with each utterance's own edge frame repeated, as if it were alone.
@@ -178,7 +222,9 @@ def torch_features(waves, lengths, config: FeatureConfig):
     return centred / std, frames
 
 
-def _extract_torch(waveforms: Sequence[np.ndarray], config: FeatureConfig, device) -> list[np.ndarray]:
+def _extract_torch(
+    waveforms: Sequence[np.ndarray], config: FeatureConfig, device, function=torch_features
+) -> list[np.ndarray]:
     import torch
 
     if not waveforms:
@@ -187,7 +233,7 @@ def _extract_torch(waveforms: Sequence[np.ndarray], config: FeatureConfig, devic
     waves = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32)
     for i, w in enumerate(waveforms):
         waves[i, : len(w)] = torch.as_tensor(w, dtype=torch.float32)
-    feats, frames = torch_features(waves.to(device or "cpu"), lengths, config)
+    feats, frames = function(waves.to(device or "cpu"), lengths, config)
     feats = feats.cpu().numpy()
     return [feats[i, :n] for i, n in enumerate(frames.tolist())]
 
@@ -224,4 +270,28 @@ def extract_batch(
         return [_extract_librosa(w, config) for w in waveforms]
     if backend == "torch":
         return _extract_torch(waveforms, config, device)
+    raise ValueError(f"unknown feature backend {backend!r}; expected one of {BACKENDS}")
+
+
+def extract_logmel(
+    waveform: np.ndarray, config: FeatureConfig | None = None, backend: str = "librosa", device=None
+) -> np.ndarray:
+    """float32 [config.n_frames(len(waveform)), config.n_mels]: the log-mel of steps 1
+    and 2, from which :func:`derive` makes the features."""
+    return extract_logmel_batch([waveform], config, backend, device)[0]
+
+
+def extract_logmel_batch(
+    waveforms: Sequence[np.ndarray],
+    config: FeatureConfig | None = None,
+    backend: str = "torch",
+    device=None,
+) -> list[np.ndarray]:
+    """:func:`extract_logmel` for many waveforms, batched as in :func:`extract_batch`."""
+    config = config or FeatureConfig()
+    waveforms = [_check_input(w) for w in waveforms]
+    if backend == "librosa":
+        return [_logmel_librosa(w, config).T for w in waveforms]
+    if backend == "torch":
+        return _extract_torch(waveforms, config, device, torch_logmel)
     raise ValueError(f"unknown feature backend {backend!r}; expected one of {BACKENDS}")

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ctal_ds.data.feature_encoding import StoredFeatures
 from ctal_ds.data.shard_reader import (
-    SAMPLE_MEMBERS,
     SampleError,
     ShardSample,
     decode_sample,
     inspect_sample,
     read_shard,
+    sample_members,
+    stored_dtypes,
 )
 from ctal_ds.data.shards import MANIFEST, REJECTS, read_manifest
 from ctal_ds.data.tokenizer import SPECIAL_TOKENS
@@ -31,6 +33,7 @@ class ShardCheck:
     out_dir: Path
     shards: int = 0
     samples: int = 0
+    encoding: str | None = None  # the manifest's feature encoding, once read
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -48,7 +51,8 @@ def _sha256(path: Path) -> str:
 
 def _builder_contract(sample: ShardSample) -> str | None:
     """What the builder promises beyond what the loader checks (exact dtypes, finite
-    features, ``<s> ... </s>``), or None when the sample keeps it."""
+    features, ``<s> ... </s>``), or None when the sample keeps it. ``sample`` is
+    decoded: for the logmel encodings its features are the derived ones."""
     bos, eos = SPECIAL_TOKENS.index("<s>"), SPECIAL_TOKENS.index("</s>")
     if sample.feats.dtype != np.float16 or sample.tokens.dtype != np.int32:
         return f"dtypes {sample.feats.dtype}/{sample.tokens.dtype}, expected float16/int32"
@@ -59,17 +63,20 @@ def _builder_contract(sample: ShardSample) -> str | None:
     return None
 
 
-def _check_tar(path: Path, entry: dict, dim: int, vocab_size: int) -> tuple[int, int, list[str]]:
+def _check_tar(
+    path: Path, entry: dict, dim: int, vocab_size: int, stored: StoredFeatures
+) -> tuple[int, int, list[str]]:
     """(samples, frames, problems) of one tar, read with the training loader's reader."""
     samples = frames = 0
     problems: list[str] = []
     events: list = []
+    members = list(sample_members(stored.encoding))
     for raw in read_shard(str(path), events, expected_samples=entry["samples"]):
         try:
-            n_frames = inspect_sample(raw, dim, vocab_size)
-            why = _builder_contract(decode_sample(raw))
-            if list(raw.members) != list(SAMPLE_MEMBERS):
-                why = f"members in order {list(raw.members)}, expected {list(SAMPLE_MEMBERS)}"
+            n_frames = inspect_sample(raw, dim, vocab_size, stored)
+            why = stored_dtypes(raw, stored) or _builder_contract(decode_sample(raw, stored))
+            if list(raw.members) != members:
+                why = f"members in order {list(raw.members)}, expected {members}"
         except (SampleError, ValueError) as err:
             why = str(err)
         if why:
@@ -89,7 +96,13 @@ def check_shards(out_dir: str | os.PathLike) -> ShardCheck:
     except (OSError, ValueError) as err:
         report.problems.append(f"{MANIFEST}: unreadable ({err}); the build did not finish")
         return report
-    dim = 2 * manifest["features"]["n_mels"]
+    try:
+        stored = StoredFeatures.from_manifest(manifest, MANIFEST)
+    except ValueError as err:
+        report.problems.append(str(err))
+        return report
+    report.encoding = stored.encoding
+    dim = 2 * stored.features.n_mels
     tok = manifest["tokenizer"]
     tok_path = out_dir / tok["file"]
     if not tok_path.is_file():
@@ -109,7 +122,7 @@ def check_shards(out_dir: str | os.PathLike) -> ShardCheck:
             report.problems.append(f"{path.name}: {path.stat().st_size} bytes, manifest says {entry['bytes']}")
         if _sha256(path) != entry["sha256"]:
             report.problems.append(f"{path.name}: sha256 differs from the manifest (corrupt or rewritten)")
-        samples, frames, problems = _check_tar(path, entry, dim, tok["vocab_size"])
+        samples, frames, problems = _check_tar(path, entry, dim, tok["vocab_size"], stored)
         report.problems += problems
         report.samples += samples
         if not problems and (samples, frames) != (entry["samples"], entry["frames"]):

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
+from ctal_ds.data.feature_encoding import StoredFeatures
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -37,11 +39,14 @@ SHARD_ORDER_STREAM = 3
 
 @dataclasses.dataclass(frozen=True)
 class ShardSet:
-    """Shard URLs in manifest order, with their sample and frame counts when known."""
+    """Shard URLs in manifest order, with their sample and frame counts when known, and
+    how their samples store the features (the manifest's feature encoding; without a
+    manifest, each sample's members tell)."""
 
     urls: tuple[str, ...]
     samples: tuple[int | None, ...]
     frames: tuple[int | None, ...]
+    stored: StoredFeatures = StoredFeatures()
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -58,6 +63,7 @@ class ShardSet:
     def from_manifest(cls, path: str | os.PathLike[str]) -> ShardSet:
         path = Path(path)
         manifest = json.loads(path.read_text())
+        stored = StoredFeatures.from_manifest(manifest, str(path))
         entries = manifest.get("shards")
         if not entries:
             raise ValueError(f"{path} lists no shards")
@@ -69,6 +75,7 @@ class ShardSet:
             urls,
             tuple(int(e["samples"]) for e in entries),
             tuple(int(e["frames"]) if "frames" in e else None for e in entries),
+            stored,
         )
 
     @classmethod

@@ -22,15 +22,24 @@ from typing import Any
 
 import numpy as np
 
+from ctal_ds.data import feature_encoding
 from ctal_ds.data.audio import AudioRejected, load_audio
-from ctal_ds.data.features import FeatureConfig, extract_batch
+from ctal_ds.data.feature_encoding import DEFAULT_ENCODING, FEATS
+from ctal_ds.data.features import FeatureConfig, extract_batch, extract_logmel_batch
 from ctal_ds.data.records import Record, Rejection
 
-# Member suffixes of a sample (docs/contracts.md), written in this order. The loader's
-# reader (shard_reader) names the same; it is not imported here because it pulls in
-# webdataset and torch, which a librosa-backend worker does not need.
-FEATS, TOKENS, META = "feats.npy", "tokens.npy", "json"
+# Member suffixes of a sample (docs/contracts.md), written in this order: the feature
+# members of the encoding (MEMBERS: float16-160), then the tokens and the metadata. The
+# loader's reader (shard_reader) names the same; it is not imported here because it
+# pulls in webdataset and torch, which a librosa-backend worker does not need.
+TOKENS, META = "tokens.npy", "json"
 MEMBERS = (FEATS, TOKENS, META)
+
+
+def sample_members(encoding: str) -> tuple[str, ...]:
+    """Member suffixes of a sample written in ``encoding``, in writing order."""
+    return (*feature_encoding.feature_members(encoding), TOKENS, META)
+
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -65,7 +74,8 @@ class ShardTask:
     backend: str
     device: str | None
     batch_size: int
-    fingerprint: str  # hash of everything above that changes the bytes
+    fingerprint: str  # hash of everything that changes the bytes
+    encoding: str = DEFAULT_ENCODING  # how the features are stored (feature_encoding)
 
     @property
     def name(self) -> str:
@@ -194,7 +204,7 @@ def _batches(items, size):
 
 
 def _featurise(batch, task: ShardTask, rejections: list[Rejection]):
-    """(item, n_samples, float16 features) for each usable item of ``batch``; the others
+    """(item, n_samples, feature members) for each usable item of ``batch``; the others
     are appended to ``rejections``."""
     loaded: list[tuple[ShardItem, np.ndarray]] = []
     for item in batch:
@@ -202,27 +212,35 @@ def _featurise(batch, task: ShardTask, rejections: list[Rejection]):
             loaded.append((item, load_audio(item.record.audio, task.features)))
         except AudioRejected as err:
             rejections.append(Rejection(item.record.audio, err.reason, item.record.id))
+    extract = extract_logmel_batch if feature_encoding.stores_logmel(task.encoding) else extract_batch
     try:
-        feats = extract_batch([w for _, w in loaded], task.features, task.backend, task.device)
+        feats = extract([w for _, w in loaded], task.features, task.backend, task.device)
     except Exception as err:  # a bug or a device failure: stop, naming the inputs
         audio = [item.record.audio for item, _ in loaded]
         raise RuntimeError(f"{task.name}: feature extraction failed on {audio}") from err
     usable = []
     for (item, wave), f in zip(loaded, feats):
-        half = f.astype(np.float16)
-        if np.isfinite(half).all():
-            usable.append((item, len(wave), half))
+        arrays = feature_encoding.encode(f, task.encoding) if np.isfinite(f).all() else {}
+        # float16 overflows to infinity where float32 does not.
+        if arrays and all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f"):
+            usable.append((item, len(wave), arrays))
         else:
             rejections.append(Rejection(item.record.audio, "non-finite features", item.record.id))
     return usable
 
 
-def _add_sample(tar: tarfile.TarFile, item: ShardItem, n_samples: int, feats: np.ndarray, sample_rate: int):
-    """The sample's members, together and always in the order of MEMBERS."""
-    meta = sample_meta(item, n_samples, len(feats), sample_rate)
-    _add_member(tar, f"{item.key}.{FEATS}", _npy_bytes(feats))
+def _add_sample(
+    tar: tarfile.TarFile, item: ShardItem, n_samples: int, arrays: dict[str, np.ndarray], sample_rate: int
+) -> int:
+    """The sample's members, together and always in the order of sample_members();
+    returns its frame count."""
+    n_frames = len(next(iter(arrays.values())))
+    meta = sample_meta(item, n_samples, n_frames, sample_rate)
+    for suffix, array in arrays.items():
+        _add_member(tar, f"{item.key}.{suffix}", _npy_bytes(array))
     _add_member(tar, f"{item.key}.{TOKENS}", _npy_bytes(np.asarray(item.tokens, dtype=np.int32)))
     _add_member(tar, f"{item.key}.{META}", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return n_frames
 
 
 def write_shard(task: ShardTask) -> ShardSummary:
@@ -238,10 +256,9 @@ def write_shard(task: ShardTask) -> ShardSummary:
         writer = _HashingWriter(raw)
         with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for batch in _batches(task.items, task.batch_size):
-                for item, n_samples, feats in _featurise(batch, task, rejections):
-                    _add_sample(tar, item, n_samples, feats, rate)
+                for item, n_samples, arrays in _featurise(batch, task, rejections):
+                    frames += _add_sample(tar, item, n_samples, arrays, rate)
                     samples += 1
-                    frames += len(feats)
                     total_samples += n_samples
                 if _progress_queue is not None:
                     _progress_queue.put(len(batch))

@@ -37,7 +37,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ctal_ds.data import shard_writer
+from ctal_ds.data import feature_encoding, shard_writer
+from ctal_ds.data.feature_encoding import DEFAULT_ENCODING, ENCODINGS
 from ctal_ds.data.features import BACKENDS, FeatureConfig
 from ctal_ds.data.records import CorpusScan, Record, Rejection
 from ctal_ds.data.shard_writer import ShardItem, ShardSummary, ShardTask, sample_key, sidecar_path
@@ -64,10 +65,15 @@ class ShardConfig:
     shuffle: bool = True
     seed: int = 0
     max_tokens: int = 512  # longer transcripts are rejected: the text stream's positions
+    # How samples store their features (ctal_ds.data.feature_encoding): the 160-dim
+    # features, or the 80 log-mel dims from which the reader derives them.
+    feature_encoding: str = DEFAULT_ENCODING
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        if self.feature_encoding not in ENCODINGS:
+            raise ValueError(f"unknown feature encoding {self.feature_encoding!r}; expected one of {ENCODINGS}")
         if self.samples_per_shard < 1 or self.workers < 1 or self.batch_size < 1:
             raise ValueError("samples_per_shard, workers and batch_size must be >= 1")
 
@@ -175,6 +181,10 @@ def _fingerprint(items, features: FeatureConfig, config: ShardConfig) -> str:
             for i in items
         ],
     }
+    # Only when it is not the default: shards built before encodings existed keep their
+    # fingerprint, so a resumed build of them keeps them.
+    if config.feature_encoding != DEFAULT_ENCODING:
+        payload["feature_encoding"] = config.feature_encoding
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
 
@@ -196,6 +206,7 @@ def plan_tasks(
                 device=config.device,
                 batch_size=config.batch_size,
                 fingerprint=_fingerprint(chunk, features, config),
+                encoding=config.feature_encoding,
             )
         )
     return tasks
@@ -357,10 +368,14 @@ def _manifest(scan, tok, features, config, summaries, rejections, provenance) ->
         )
     return {
         "builder_version": BUILDER_VERSION,
+        **feature_encoding.manifest_fields(config.feature_encoding),
         "corpus": {"name": scan.corpus, "root": scan.root, **(provenance or {})},
         "features": features.to_dict(),
-        # Worker count is left out: it does not change a byte of the output.
-        "shard_config": {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"},
+        # Worker count is left out: it does not change a byte of the output; the
+        # encoding is the manifest's own field.
+        "shard_config": {
+            k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "feature_encoding")
+        },
         "tokenizer": {"file": TOKENIZER, "vocab_size": tok.vocab_size, "sha256": tok.sha256()},
         "shards": [
             {k: v for k, v in s.to_dict().items() if k not in ("rejections", "fingerprint")}

@@ -2,8 +2,9 @@
 
 Every stage is a module-level callable class (picklable, so worker processes
 may be forked or spawned), composed with ``webdataset.DataPipeline``. The
-planning stages see only sample lengths; decoding, masking and padding happen
-after the resume fast-forward has dropped the batches a previous run already
+planning stages see only sample lengths; decoding (which derives the features of
+shards in a logmel encoding, ``ctal_ds.data.feature_encoding``), masking and padding
+happen after the resume fast-forward has dropped the batches a previous run already
 consumed, so fast-forwarding costs reading and checking, not collating.
 
 A worker's output is a deterministic function of (seed, epoch, rank,
@@ -26,6 +27,7 @@ import webdataset as wds
 
 from ctal_ds.data.bucketing import plan_batches, plan_dealt_batches
 from ctal_ds.data.damage import DamageEvent, SampleDamage
+from ctal_ds.data.feature_encoding import StoredFeatures
 from ctal_ds.data.shard_list import ShardSet, shards_for_worker
 from ctal_ds.data.shard_reader import (
     RawSample,
@@ -126,11 +128,12 @@ class ReadSamples:
 class CheckSamples:
     spec: SampleSpec
     damage: list[DamageEvent]
+    stored: StoredFeatures = StoredFeatures()
 
     def __call__(self, samples: Iterable[RawSample]) -> Iterator[Planned]:
         for raw in samples:
             try:
-                yield raw, inspect_sample(raw, self.spec.feat_dim, self.spec.vocab_size)
+                yield raw, inspect_sample(raw, self.spec.feat_dim, self.spec.vocab_size, self.stored)
             except SampleError as exc:
                 self.damage.append(SampleDamage(raw.shard, raw.key, str(exc)))
 
@@ -219,8 +222,9 @@ def _with_last(items: Iterable[Any]) -> Iterator[tuple[int, Any, bool]]:
         current = following
 
 
-def _collate(collator: Collator, batch: list[Planned], epoch: int) -> dict[str, Any]:
-    return collator([decode_sample(raw) for raw, _ in batch], epoch)
+def _collate(collator: Collator, batch: list[Planned], epoch: int, stored: StoredFeatures) -> dict[str, Any]:
+    """Decode (deriving the features of the logmel encodings) and collate one batch."""
+    return collator([decode_sample(raw, stored) for raw, _ in batch], epoch)
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -260,7 +264,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             pipeline = wds.DataPipeline(
                 ShardSource(self.shards, tuple(indices)),
                 ReadSamples(damage),
-                CheckSamples(self.spec, damage),
+                CheckSamples(self.spec, damage, self.shards.stored),
                 BucketBatches(
                     self.batching,
                     (self.seed, epoch, self.layout.rank, worker, BATCH_ORDER_STREAM),
@@ -271,7 +275,8 @@ class TrainStream(torch.utils.data.IterableDataset):
                 produced += 1
                 if epoch == first_epoch and index < skip:
                     continue
-                item = StreamItem(worker, epoch, index, last, _collate(self.collator, batch, epoch), tuple(damage))
+                collated = _collate(self.collator, batch, epoch, self.shards.stored)
+                item = StreamItem(worker, epoch, index, last, collated, tuple(damage))
                 damage.clear()
                 yield item
             if produced == 0:
@@ -305,13 +310,14 @@ class EvalStream(torch.utils.data.IterableDataset):
         pipeline = wds.DataPipeline(
             ShardSource(self.shards, tuple(range(worker, len(self.shards), self.layout.workers))),
             ReadSamples(damage),
-            CheckSamples(self.spec, damage),
+            CheckSamples(self.spec, damage, self.shards.stored),
             DealtBatches(self.batching, self.layout.rank, self.layout.world_size, damage),
         )
         for index, batch, last in _with_last(pipeline):
             # Epoch 0 for the masks every time: each evaluation scores the same corruption,
             # so validation losses of different checkpoints are comparable.
-            item = StreamItem(worker, 0, index, last, _collate(self.collator, batch, 0), tuple(damage))
+            collated = _collate(self.collator, batch, 0, self.shards.stored)
+            item = StreamItem(worker, 0, index, last, collated, tuple(damage))
             damage.clear()
             yield item
         if damage:

@@ -5,7 +5,9 @@ set the size of the training corpus is the largest), so every fine-tune run read
 shards once and keeps the decoded samples; the TaskSpec divides them by utterance id
 (``TaskSpec.splits`` on records rebuilt from the sample JSONs). One process running
 several fine-tunes on one shard set (``launch/ablate.py``) reads it once: the reader
-is cached by the manifest's path and contents.
+is cached by the manifest's path and contents. Samples are kept decoded, float16
+[T, 160] in every feature encoding: a set in a logmel encoding derives its features
+once, while it is read.
 
 Nothing is dropped silently: a damaged shard or sample stops the run, since a missing
 utterance would quietly change a train/dev/test split.
@@ -81,16 +83,16 @@ def _load(manifest_path: str, digest: str) -> TaskSamples:
     manifest = json.loads(path.read_text())
     if "tokenizer" not in manifest:
         raise ValueError(f"{path}: the manifest names no tokenizer; fine-tuning needs the shards' vocabulary")
-    shard_set = ShardSet.from_manifest(path)
+    shard_set = ShardSet.from_manifest(path)  # checks the manifest's feature encoding
     events: list = []
     samples: dict[str, ShardSample] = {}
     for url, expected in zip(shard_set.urls, shard_set.samples):
         for raw in read_shard(url, events, expected):
             try:
-                inspect_sample(raw, feat_dim=160, vocab_size=manifest["tokenizer"]["vocab_size"])
+                inspect_sample(raw, 160, manifest["tokenizer"]["vocab_size"], shard_set.stored)
             except SampleError as err:
                 raise SampleError(f"{url}: sample {raw.key}: {err}") from None
-            sample = decode_sample(raw)
+            sample = decode_sample(raw, shard_set.stored)  # float16 [T, 160] in every encoding
             utt_id = sample.meta["id"]
             if utt_id in samples:
                 raise ValueError(f"{url}: utterance id {utt_id!r} appears twice in {path.parent}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from ctal_ds.data.demo.espeak import ESpeak, VoiceSettings
 from ctal_ds.data.shards import read_manifest
@@ -203,3 +205,59 @@ def test_utterances_over_max_seconds_are_named_per_split_in_a_loud_warning(corpu
     assert kept.returncode == 0, kept.stderr
     assert "WARNING" not in kept.stdout + kept.stderr
     assert read_manifest(tmp_path / "all")["totals"]["samples"] == 9
+
+
+def first_train_batches(shard_dir: Path, n: int = 3) -> list[dict]:
+    from ctal_ds.data.collate import PretrainCollator
+    from ctal_ds.data.loader import BatchConfig, LoaderConfig, build_pretrain_loader
+    from ctal_ds.data.masking import MASK_ID, PAD_ID
+
+    collator = PretrainCollator(pad_id=PAD_ID, mask_id=MASK_ID, vocab_size=300, seed=1)
+    config = LoaderConfig(batch=BatchConfig(max_frames_per_batch=1500, max_batch_size=4, bucket_buffer=8),
+                          num_workers=1, seed=2)  # fmt: skip
+    loader = build_pretrain_loader(shard_dir, config, collator)
+    batches = list(itertools.islice(iter(loader), n))
+    loader.close()
+    return batches
+
+
+def test_compact_feature_encoding_end_to_end_from_cli_to_loader_batches(corpus, built, tmp_path):
+    out = tmp_path / "compact"
+    result = run_cli("--corpus", str(corpus), "--out", str(out), *BUILD_ARGS, "--feature-encoding", "uint8-logmel")
+    assert result.returncode == 0, result.stderr
+    for part in ("train", "valid"):
+        manifest = read_manifest(out / part)
+        assert (manifest["shard_format"], manifest["feature_encoding"]) == (2, "uint8-logmel")
+        assert manifest["totals"] == read_manifest(built / part)["totals"]
+        # One ~1 s utterance per shard: tar headers and the tar's 10 KiB blocking weigh more
+        # here than the features; docs/training.md has the sizes of full shards.
+        size = sum(e["bytes"] for e in manifest["shards"])
+        assert size < sum(e["bytes"] for e in read_manifest(built / part)["shards"])
+    assert read_manifest(built / "train")["feature_encoding"] == "float16-160"  # the default
+    check = run_cli("--check", str(out))
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.count("(uint8-logmel): OK") == 2
+
+    # A worker process decodes the batches: shaped and typed as those of the default
+    # encoding, same samples and masks, features within uint8-logmel's error.
+    reference = first_train_batches(built / "train")
+    for got, want in zip(first_train_batches(out / "train"), reference, strict=True):
+        assert got["keys"] == want["keys"]
+        for name in ("input_ids", "mlm_labels", "audio_mask", "mcam_mask"):
+            assert torch.equal(got[name], want[name]), name
+        assert got["audio_feats"].dtype == torch.float32 and got["audio_feats"].shape[-1] == 160
+        assert got["audio_feats"].shape == want["audio_feats"].shape
+        assert (got["mcam_targets"] - want["mcam_targets"]).abs().max() < 0.06
+
+
+def test_unknown_feature_encoding_is_refused_at_the_cli_and_in_a_manifest(corpus, built, tmp_path):
+    refused = run_cli("--corpus", str(corpus), "--out", str(tmp_path / "x"), "--feature-encoding", "int4")
+    assert refused.returncode == 2 and "--feature-encoding" in refused.stderr
+    bad = tmp_path / "bad"
+    shutil.copytree(built / "valid", bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["feature_encoding"] = "int4-logmel"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli("--check", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}/manifest.json: field feature_encoding: unknown encoding 'int4-logmel'" in result.stderr
