@@ -208,13 +208,13 @@ summary() {
 
 main() {
     echo "gpu_check of ctal-ds at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC')"
-    "$BASE_PY" benchmarks/gpu/env_report.py 2>/dev/null || echo "($BASE_PY could not run env_report.py)"
-    GPU_PY=$BASE_PY
+    local bare=0
     if ! have_cuda "$BASE_PY"; then
         if smi_sees_gpu; then
             echo "nvidia-smi lists a GPU that $BASE_PY's torch cannot use: setting up $VENV first"
-            GPU_PY=$VPY
+            bare=1
         else
+            "$BASE_PY" benchmarks/gpu/env_report.py 2>/dev/null || echo "($BASE_PY could not run env_report.py)"
             echo
             echo "not run: no GPU available"
             print_plan
@@ -225,17 +225,18 @@ main() {
     STATE=$(mktemp -d)
     : >"$STATE/results.tsv"
     : >"$LOGS/summary.tsv"
-    if [[ $GPU_PY == "$VPY" ]]; then
+    if ((bare)); then
         run_named setup
         BASE_PY=$VPY
         have_cuda "$VPY" || echo "torch in $VENV cannot use the GPU either"
     fi
+    # The versions and the machine first.
+    run_named env
     if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
         TORCH_CUDA_ARCH_LIST=$("$BASE_PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null) &&
             export TORCH_CUDA_ARCH_LIST
     fi
     print_plan
-    run_named env
     prepare >"$STATE/prepare.log" 2>&1 &
     local prepare_pid=$!
     run_named kernel

@@ -59,7 +59,13 @@ if [[ -x $VPY ]]; then
     step "venv $VENV exists"
 else
     step "creating venv $VENV from $BASE_PY (with its site-packages)"
-    "$BASE_PY" -m venv --system-site-packages "$VENV" || exit 1
+    if ! "$BASE_PY" -m venv --system-site-packages "$VENV"; then
+        # No ensurepip (e.g. Debian's python without python3-venv): a venv without its
+        # own pip, which then runs the pip of $PYTHON's site-packages.
+        rm -rf "$VENV"
+        "$BASE_PY" -m venv --system-site-packages --without-pip "$VENV" || exit 1
+        step "venv made without pip: pip comes from $BASE_PY's site-packages"
+    fi
     # A venv made from a venv's python sees only the base interpreter's site-packages;
     # a .pth file adds the parent venv's (after the new venv's own, which win).
     parent_sites=$("$BASE_PY" -c 'import sys
