@@ -8,12 +8,12 @@
 # "not run: no GPU available" and what it would run, and exits 0.
 #
 # Probes, each in its own process under `timeout` (a crash or hang ends that probe
-# only); setup, then shards and fused_adam side by side, run in the background
-# while the kernel correctness probe runs, the others one after another:
+# only). env and setup run first; then shards and fused_adam side by side in the
+# background while the kernel correctness probe runs; then the others one after another:
 #
 #   env          versions and machine (benchmarks/gpu/env_report.py)
-#   kernel       fused attention vs an fp64 reference (benchmarks/gpu/attention_correctness.py)
 #   setup        venv, missing packages, ctal-ds (benchmarks/gpu/setup_env.sh)
+#   kernel       fused attention vs an fp64 reference (benchmarks/gpu/attention_correctness.py)
 #   shards       a pre-training shard set from the demo corpus (benchmarks/gpu/make_shards.py)
 #   fused_adam   JIT build of DeepSpeed's FusedAdam (benchmarks/gpu/fused_adam_build.py)
 #   speed        fused vs SDPA vs FlexAttention (benchmarks/gpu/attention_speed.py)
@@ -26,8 +26,9 @@
 # probe's limit to what is left, so it ends within that budget plus ~15 s.
 #
 # Environment:
-#   PYTHON            python with a CUDA torch and Triton for env/kernel/speed (default python3)
-#   GPU_CHECK_VENV    venv for the other probes (default .gpu-venv)
+#   PYTHON            python with a CUDA torch and Triton, the venv's base (default python3)
+#   GPU_CHECK_VENV    venv of every probe but env (default .gpu-venv; kernel and speed
+#                     run with $PYTHON if the setup fails)
 #   TORCH_SPEC        torch to install if that venv cannot import one (default torch)
 #   WHEELHOUSE        wheels to install from offline (default .whl; benchmarks/gpu/fetch_wheels.sh)
 #   GPU_CHECK_WORK    shards and training runs (default runs/gpu_check)
@@ -55,7 +56,7 @@ BUDGET_S=${GPU_CHECK_BUDGET_S:-460}
 STEPS=${GPU_CHECK_STEPS:-80}
 # A probe is not started with less than this many seconds of the budget left.
 MIN_PROBE_S=15
-PROBES=(env kernel setup shards fused_adam speed train_bf16 train_fp16)
+PROBES=(env setup kernel shards fused_adam speed train_bf16 train_fp16)
 LIMITS=(30 150 150 150 120 120 100 100)
 export GPU_CHECK_VENV=$VENV PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$REPO/.cache/torch_extensions}
@@ -80,15 +81,18 @@ limit_of() {
 
 # What each probe runs, given the pythons and folders (printed in the plan, and run).
 VPY=$VENV/bin/python
+# The python of the kernel and speed probes: the venv's once setup has passed (the
+# package imports modules that need its requirements), else $PYTHON.
+PROBE_PY=$VPY
 JOBS=$(($(nproc) > 4 ? $(nproc) - 2 : 2))  # shard workers: all but two CPUs
 probe_command() {
     case $1 in
     env) echo "$BASE_PY benchmarks/gpu/env_report.py --json $LOGS/env.json" ;;
-    kernel) echo "$BASE_PY benchmarks/gpu/attention_correctness.py --json $LOGS/kernel.json" ;;
+    kernel) echo "$PROBE_PY benchmarks/gpu/attention_correctness.py --json $LOGS/kernel.json" ;;
     setup) echo "bash benchmarks/gpu/setup_env.sh" ;;
     shards) echo "$VPY benchmarks/gpu/make_shards.py --out $WORK/data --workers $JOBS" ;;
     fused_adam) echo "$VPY benchmarks/gpu/fused_adam_build.py" ;;
-    speed) echo "$BASE_PY benchmarks/gpu/attention_speed.py --json $LOGS/speed.json" ;;
+    speed) echo "$PROBE_PY benchmarks/gpu/attention_speed.py --json $LOGS/speed.json" ;;
     train_bf16 | train_fp16)
         local precision=${1#train_}
         echo "$VPY benchmarks/gpu/train_probe.py --precision $precision --shards $WORK/data/shards" \
@@ -117,7 +121,7 @@ smi_sees_gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null |
 
 print_plan() {
     local name
-    echo "It would run, each probe under timeout, within ${BUDGET_S} s in all:"
+    echo "${1:-Plan}, each probe under timeout, within ${BUDGET_S} s in all:"
     for name in "${PROBES[@]}"; do
         printf '  %-11s (limit %3s s)  %s\n' "$name" "$(limit_of "$name")" "$(probe_command "$name")"
     done
@@ -154,10 +158,9 @@ record() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$STATE/results.tsv"; }
 status_of() { awk -F'\t' -v n="$1" '$1 == n { s = $2 } END { print s }' "$STATE/results.tsv"; }
 skip() { record "$1" skipped 0 "$2"; echo "=== [$1] skipped: $2"; }
 
-# The background part: setup (unless done already), then the shards and the FusedAdam
-# build side by side (all CPU work), each into its own log, printed in turn.
+# The background part: the shards and the FusedAdam build side by side (CPU work),
+# each into its own log, printed in turn.
 prepare() {
-    [[ -n $(status_of setup) ]] || run_named setup
     if [[ $(status_of setup) == ok ]]; then
         run_named shards >"$STATE/shards.log" 2>&1 &
         run_named fused_adam >"$STATE/fused_adam.log" 2>&1
@@ -217,7 +220,7 @@ main() {
             "$BASE_PY" benchmarks/gpu/env_report.py 2>/dev/null || echo "($BASE_PY could not run env_report.py)"
             echo
             echo "not run: no GPU available"
-            print_plan
+            print_plan "It would run"
             return 0
         fi
     fi
@@ -232,15 +235,20 @@ main() {
     fi
     # The versions and the machine first.
     run_named env
+    [[ -n $(status_of setup) ]] || run_named setup
+    if [[ $(status_of setup) != ok ]]; then
+        PROBE_PY=$BASE_PY
+        echo "=== setup failed: the kernel and speed probes run with $BASE_PY"
+    fi
     if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
-        TORCH_CUDA_ARCH_LIST=$("$BASE_PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null) &&
+        TORCH_CUDA_ARCH_LIST=$("$PROBE_PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null) &&
             export TORCH_CUDA_ARCH_LIST
     fi
     print_plan
     prepare >"$STATE/prepare.log" 2>&1 &
     local prepare_pid=$!
     run_named kernel
-    echo "=== waiting for setup/shards/fused_adam (background, log follows)"
+    echo "=== waiting for shards/fused_adam (background, log follows)"
     wait "$prepare_pid"
     cat "$STATE/prepare.log"
     run_named speed
