@@ -149,9 +149,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _version_or_absent(package: str) -> str:
+    # Without MLflow, Tracker.start warns and the run logs to metrics.jsonl only.
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def tracking_params(cfg: RunConfig, ds_config: dict[str, Any], model: Any, plan: Any) -> dict[str, Any]:
     import deepspeed
-    import mlflow
     import numpy
 
     from ctal_ds.model import count_parameters
@@ -171,7 +180,7 @@ def tracking_params(cfg: RunConfig, ds_config: dict[str, Any], model: Any, plan:
             "version.python": platform.python_version(),
             "version.torch": torch.__version__,
             "version.deepspeed": deepspeed.__version__,
-            "version.mlflow": mlflow.__version__,
+            "version.mlflow": _version_or_absent("mlflow"),
             "version.numpy": numpy.__version__,
         }
     )

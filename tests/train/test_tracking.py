@@ -91,3 +91,20 @@ def test_plot_keeps_the_newest_value_of_a_replayed_step(tmp_path, monkeypatch):
     assert saved == [[("train/loss", [[[1, 3.0], [2, 2.5], [3, 1.5]]]), ("train/lr", [[[3, 0.1]]])]]
     assert plot_metrics(jsonl, tmp_path / "q.png", ("absent",)) is None
     assert len(saved) == 1 and not (tmp_path / "q.png").exists()
+
+
+def test_without_mlflow_installed_the_run_warns_and_logs_locally(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ctal_ds.train.components import _version_or_absent
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
+    tracker = Tracker(TrackingConfig(flush_every=1), tmp_path)
+    tracker.start(None, {"run.lr": 0.1}, {})
+    tracker.log_metrics(1, {"train/loss": 2.0})
+    tracker.set_tags({"a": "b"})
+    tracker.finish()
+    assert not tracker.active
+    assert "training continues" in capsys.readouterr().err
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 2.0
+    assert _version_or_absent("no-such-distribution-ctal-ds") == "not installed"
