@@ -147,6 +147,42 @@ class SyntheticStream:
         self.index = state["index"]
 
 
+class FixedBatches:
+    """Rank r's samples, cut into batches of `size`: the same samples whatever the size."""
+
+    def __init__(self, cfg, rank: int, size: int, total: int = 24) -> None:
+        gen = torch.Generator().manual_seed(100 + rank)
+        singles = [make_batch(cfg, gen, 1, exact_masks=True) for _ in range(total)]
+        self.batches = [_concat(singles[i : i + size]) for i in range(0, total, size)]
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.batches[self.index]
+        self.index += 1
+        return batch
+
+
+def _concat(items):
+    """Pad single-utterance batches to a common length and stack them."""
+    out = {}
+    for key in items[0]:
+        if key == "keys":
+            out[key] = [k for it in items for k in it[key]]
+            continue
+        longest = max(it[key].shape[1] for it in items)
+        pad_value = {"input_ids": PAD, "mlm_labels": -100}.get(key, 0)
+        padded = []
+        for it in items:
+            t = it[key]
+            shape = (t.shape[0], longest - t.shape[1], *t.shape[2:])
+            padded.append(torch.cat([t, torch.full(shape, pad_value, dtype=t.dtype)], dim=1))
+        out[key] = torch.cat(padded)
+    return out
+
+
 # Engines and trainers --------------------------------------------------------------------
 
 
