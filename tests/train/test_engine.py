@@ -17,6 +17,7 @@ import train_helpers as h
 
 from ctal_ds.train.checkpoint import latest_complete
 
+# Above the bounded waits of any one test: one spawn (run_ranks, 420 s) and a 120 s export check.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -64,15 +65,30 @@ def _child(rank: int, world: int, port: int, fn: Callable[..., Any], out: str, a
         sys.stdout.flush()
 
 
-def run_ranks(fn: Callable[..., Any], world: int, out: Path, *args: Any) -> list[Any]:
-    """Run `fn(rank, world, *args)` in `world` gloo processes; returns each rank's result."""
+def run_ranks(fn: Callable[..., Any], world: int, out: Path, *args: Any, timeout: float = 420) -> list[Any]:
+    """Run `fn(rank, world, *args)` in `world` gloo processes; returns each rank's result.
+
+    The ranks get `timeout` seconds together (a spawn of the tiny model's scenarios takes
+    a minute or two on a loaded 2-core machine); then they are killed and the failure
+    says which were still running.
+    """
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    context = mp.spawn(_child, args=(world, free_port(), fn, str(out), args), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout
+    done = False
     try:
-        mp.spawn(_child, args=(world, free_port(), fn, str(out), args), nprocs=world, join=True)
+        while not done and time.monotonic() < deadline:
+            done = context.join(timeout=max(0.1, deadline - time.monotonic()))
     except Exception as err:
         errors = [p.read_text() for p in sorted(out.glob("error_*.txt"))]
         raise AssertionError("rank failed:\n" + "\n".join(errors)) from err
+    if not done:
+        running = [r for r, p in enumerate(context.processes) if p.is_alive()]
+        for process in context.processes:
+            process.kill()
+            process.join(30)
+        raise AssertionError(f"ranks {running} of {world} still running {fn.__name__} after {timeout:.0f} s; killed")
     return [json.loads((out / f"result_{r}.json").read_text()) for r in range(world)]
 
 
@@ -292,14 +308,21 @@ def start_ranks(args: list[str], world: int, log_dir: Path, rank_args: dict[int,
 
 
 def wait_ranks(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 300) -> list[int]:
+    """The exit codes of the ranks of `start_ranks`, which get `timeout` seconds together;
+    then every rank is killed and the failure names those still running, with the logs."""
+    deadline = time.monotonic() + timeout
     codes = []
     for proc in procs:
         try:
-            codes.append(proc.wait(timeout=timeout))
+            codes.append(proc.wait(timeout=max(0.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
+            running = [r for r, p in enumerate(procs) if p.poll() is None]
             for p in procs:
                 p.kill()
-            raise
+                p.wait()
+            raise AssertionError(
+                f"ranks {running} of launch/pretrain.py still running after {timeout:.0f} s; killed\n{logs(log_dir)}"
+            ) from None
     return codes
 
 
