@@ -11,7 +11,7 @@ export MPLBACKEND ?= Agg
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast mutants demo lint clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
+
+# Planted faults, one at a time in a temporary copy of the tree, each of which must turn
+# the fast suite red; prints which tests caught each (tests/mutants.py).
+mutants: install
+	$(PY) tests/mutants.py
 
 # The main job on the built-in corpus: synthesise it; build shards for pre-training
 # (LibriSpeech layout train-clean + train-other, 5 % held out) and the downstream tasks

@@ -232,6 +232,21 @@ def test_other_settings_rewrite_every_shard_and_torch_bytes_ignore_workers(corpu
     assert tar_bytes(tmp_path / "torch1") == tar_bytes(out)
 
 
+def test_audio_that_loads_but_gives_non_finite_features_is_in_rejects(corpus, tmp_path):
+    # Float samples of 1e20 are finite, so the file loads, but their power overflows
+    # float32 in the STFT and the features come out NaN.
+    sf.write(tmp_path / "loud.wav", np.sin(np.arange(16000) / 10) * 1e20, 16000, subtype="FLOAT")
+    loud = Record("too-loud", str(tmp_path / "loud.wav"), "far too loud", "spk0", "train")
+    scan = CorpusScan(corpus.corpus, corpus.root, [*corpus.records[:2], loud])
+    out = tmp_path / "shards"
+    build_shards(scan, out, TOKENIZER, FEATURES, ShardConfig(samples_per_shard=4, workers=1), progress=False)
+    assert [(r["id"], r["reason"]) for r in rejects(out)] == [("too-loud", "non-finite features")]
+    assert sorted(s["json"]["id"] for s in read_samples(out)) == sorted(r.id for r in corpus.records[:2])
+    totals = read_manifest(out)["totals"]
+    assert (totals["samples"], totals["rejected"], totals["inputs"]) == (2, 1, 3)
+    assert check_shards(out).ok
+
+
 def test_transcripts_over_max_tokens_are_rejected_not_truncated(corpus):
     tok = CTALTokenizer.train([r.text for r in corpus.records], 400, 1)
     items, refused = plan_items(corpus, tok, ShardConfig(max_tokens=14))

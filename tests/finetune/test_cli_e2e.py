@@ -15,7 +15,8 @@ import torch
 from ctal_ds.model import CTALConfig, CTALForPretraining
 from ctal_ds.train.checkpoint import latest_complete
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# Above the bounded waits of any one test: two launch scripts of 500 s each at most.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 COMMON = ["--epochs", "1", "--lr", "3e-3", "--micro-batch-size", "4", "--log-every", "5"]
 

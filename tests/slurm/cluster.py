@@ -10,6 +10,7 @@ socket is named in slurm.conf's ``AuthInfo``, so clients need nothing else.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 import random
@@ -57,6 +58,9 @@ _MAX_RUNDIR_LEN = 60
 _PORT_RANGE = (20000, 32000)
 _PORT_ATTEMPTS = 3
 _INSTALL_LOCK = Path(tempfile.gettempdir()) / "ctal-ds-slurm-apt.lock"
+# apt-get install of the packages on a slow mirror, and apt-get update before a retry.
+_APT_INSTALL_TIMEOUT_S = 1200
+_APT_UPDATE_TIMEOUT_S = 600
 
 
 class ClusterUnavailable(RuntimeError):
@@ -77,6 +81,25 @@ class _PortInUse(ClusterStartError):
 
 class JobStateError(AssertionError):
     """A job ended in a state the caller was not waiting for."""
+
+
+@contextlib.contextmanager
+def hold_flock(path: Path, what: str, timeout: float):
+    """Hold an exclusive flock on ``path``. Raises ``TimeoutError`` naming ``what`` when
+    another process still holds it after ``timeout`` seconds."""
+    with open(path, "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"waited {timeout:.0f}s for {what} (lock {path}); another process still holds it"
+                    ) from None
+                time.sleep(0.5)
+        yield
 
 
 def _find(name: str) -> str | None:
@@ -139,7 +162,7 @@ class LoopbackSlurmCluster:
         ports: Sequence[int] | None = None,
         partition: str = "debug",
         kill_wait: int = 30,
-        start_timeout: float = 60.0,
+        start_timeout: float = 120.0,
     ):
         if ports is not None and len(ports) != len(nodes) + 1:
             raise ValueError(f"ports needs {len(nodes) + 1} entries (slurmctld + one per node)")
@@ -186,15 +209,21 @@ class LoopbackSlurmCluster:
         install = [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y",
                    "--no-install-recommends", *PACKAGES]  # fmt: skip
         # Parallel test workers may both get here; apt's own locks would make one fail.
-        with open(_INSTALL_LOCK, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        wait = 2 * _APT_INSTALL_TIMEOUT_S + _APT_UPDATE_TIMEOUT_S
+        with hold_flock(_INSTALL_LOCK, "another process installing the SLURM packages", wait):
             if all(_find(name) for name in missing):
                 return
-            result = subprocess.run(install, env=env, capture_output=True, text=True)
-            if result.returncode != 0:
-                # Fresh machines often ship without package lists.
-                subprocess.run([apt, "update"], env=env, capture_output=True, text=True)
-                result = subprocess.run(install, env=env, capture_output=True, text=True)
+            try:
+                result = subprocess.run(install, env=env, capture_output=True, text=True,
+                                        timeout=_APT_INSTALL_TIMEOUT_S)  # fmt: skip
+                if result.returncode != 0:
+                    # Fresh machines often ship without package lists.
+                    subprocess.run([apt, "update"], env=env, capture_output=True, text=True,
+                                   timeout=_APT_UPDATE_TIMEOUT_S)  # fmt: skip
+                    result = subprocess.run(install, env=env, capture_output=True, text=True,
+                                            timeout=_APT_INSTALL_TIMEOUT_S)  # fmt: skip
+            except subprocess.TimeoutExpired as err:
+                raise ClusterUnavailable(f"{' '.join(err.cmd)} did not finish within {err.timeout:.0f}s") from err
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
             raise ClusterUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: {tail}")

@@ -9,7 +9,6 @@ pytest run and shared by all workers (:func:`made_once`).
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from prerequisites import skip_or_fail
 
-from .cluster import ClusterUnavailable, LoopbackSlurmCluster
+from .cluster import ClusterUnavailable, LoopbackSlurmCluster, hold_flock
 
 _HERE = Path(__file__).parent
 REPO = _HERE.parents[1]
@@ -29,17 +28,16 @@ REPO = _HERE.parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
 
+# How long a worker waits for a lock another worker holds: the SLURM turn (held for one
+# test, whose function is bounded by its module's timeout mark and whose fixtures by
+# their own waits) or a shared result being made. An hour is far past any of them.
+LOCK_WAIT_S = 3600
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if _HERE in Path(item.fspath).parents:
             item.add_marker(pytest.mark.slow)
-
-
-@contextlib.contextmanager
-def _flock(path: Path):
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 _turn_depth = 0
@@ -60,7 +58,8 @@ def slurm_turn(tmp_path_factory):
         finally:
             _turn_depth -= 1
         return
-    with _flock(tmp_path_factory.getbasetemp().parent / "ctal-ds-slurm-tests.lock"):
+    lock = tmp_path_factory.getbasetemp().parent / "ctal-ds-slurm-tests.lock"
+    with hold_flock(lock, "the turn to run SLURM jobs", LOCK_WAIT_S):
         _turn_depth = 1
         try:
             yield
@@ -84,7 +83,7 @@ def made_once(tmp_path_factory, name: str, make) -> dict:
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
     directory, result = shared / name, shared / f"{name}.json"
-    with _flock(shared / f"{name}.lock"):
+    with hold_flock(shared / f"{name}.lock", f"another worker making {name}", LOCK_WAIT_S):
         if result.is_file():
             return json.loads(result.read_text())
         # A worker that failed half-way leaves its files; start clean.

@@ -64,15 +64,15 @@ def test_batch_trap_gets_usr1_and_requeue_restarts_with_restart_count(slurm_clus
         options=["-N1", "-n1", "--requeue", "--signal=B:USR1@60", "--time=5",
                  "--open-mode=append", f"--output={out}"],
     )  # fmt: skip
-    slurm_cluster.wait_job(job, states={"RUNNING"}, timeout=30)
+    slurm_cluster.wait_job(job, states={"RUNNING"}, timeout=120)
     wait_for_text(out, "start restart=0")
 
     slurm_cluster.signal(job, "USR1", batch=True)
-    wait_for_text(out, "got USR1 restart=0", timeout=15)
+    wait_for_text(out, "got USR1 restart=0", timeout=60)
     assert slurm_cluster.job_state(job) == "RUNNING", "USR1 to a trapping batch shell ended it"
 
     slurm_cluster.requeue(job)
-    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=60)
+    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=120)
     assert info["Restarts"] == "1"
     output = out.read_text()
     assert output.index("got USR1 restart=0") < output.index("start restart=1"), output
@@ -105,7 +105,7 @@ def test_two_node_step_sees_ranks_master_addr_venv_and_cwd(slurm_cluster, tmp_pa
     job = slurm_cluster.sbatch(
         script, options=["-N2", "--ntasks-per-node=2", f"--output={out}"], cwd=tmp_path
     )
-    info = slurm_cluster.wait_job(job, timeout=60)
+    info = slurm_cluster.wait_job(job, timeout=120)
     output = out.read_text()
     assert info["JobState"] == "COMPLETED", output
     assert f"batch cwd={tmp_path}" in output
@@ -189,9 +189,9 @@ def test_stop_kills_daemons_steps_and_jobs_even_when_the_controller_died(tmp_pat
     out = tmp_path / "long.out"
     with cluster:
         job = cluster.sbatch(script, options=["-N2", "-n2", f"--output={out}"])
-        cluster.wait_job(job, states={"RUNNING"}, timeout=30)
+        cluster.wait_job(job, states={"RUNNING"}, timeout=120)
         wait_for_text(out, "started")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while cluster.run(["squeue", "-h", "-s", "-j", str(job)]).stdout.count("\n") < 2:
             assert time.monotonic() < deadline, "the srun step never started"
             time.sleep(0.2)

@@ -19,7 +19,8 @@ import pytest
 from . import ctal_jobs as jobs
 from .conftest import made_once, slurm_turn
 
-pytestmark = pytest.mark.timeout(900)
+# Above the bounded waits of any one test: three job waits of JOB_TIMEOUT and a cancellation.
+pytestmark = pytest.mark.timeout(1500)
 
 STEPS, SAVE_EVERY = 200, 25
 ARGS = (

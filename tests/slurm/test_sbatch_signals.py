@@ -16,7 +16,8 @@ import pytest
 from . import ctal_jobs as jobs
 from .cluster import wait_for_text
 
-pytestmark = pytest.mark.timeout(300)
+# Above the bounded waits of any one test: 600 s at most.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture
@@ -55,9 +56,9 @@ def _submit(cluster, script: Path, env: dict, tmp_path: Path) -> tuple[int, Path
     job = cluster.sbatch(
         script, options=[*jobs.CPU_OPTIONS, f"--output={log}"], env=env, cwd=tmp_path
     )
-    cluster.wait_job(job, states={"RUNNING"}, timeout=60)
+    cluster.wait_job(job, states={"RUNNING"}, timeout=120)
     for rank in (0, 1):  # handlers are installed before this line is printed
-        wait_for_text(log, f"[stand-in] rank {rank} restart 0 argv", timeout=60)
+        wait_for_text(log, f"[stand-in] rank {rank} restart 0 argv", timeout=120)
     return job, log
 
 
@@ -76,7 +77,7 @@ def test_usr1_reaches_every_rank_and_requeues_until_finished(
     job, log = _submit(slurm_cluster, script, env, tmp_path)
 
     slurm_cluster.signal(job, "USR1", batch=True)
-    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=120)
+    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=240)
     text = jobs.read_log(log)
     assert info["Restarts"] == "1", text
     for rank in (0, 1):
@@ -95,7 +96,7 @@ def test_usr1_sent_to_the_ranks_only_also_requeues(slurm_cluster, fake_repo, tmp
     job, log = _submit(slurm_cluster, script, env, tmp_path)
 
     slurm_cluster.signal(job, "USR1", batch=False)
-    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=120)
+    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=240)
     text = jobs.read_log(log)
     assert info["Restarts"] == "1", text
     assert "[sbatch] USR1" not in text
@@ -111,7 +112,7 @@ def test_a_stop_asked_for_with_exit_at_step_is_not_requeued(slurm_cluster, fake_
         script, options=[*jobs.CPU_OPTIONS, f"--output={log}"], env=env, cwd=tmp_path
     )
 
-    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=60)
+    info = slurm_cluster.wait_job(job, states={"COMPLETED"}, timeout=120)
     text = jobs.read_log(log)
     assert info["Restarts"] == "0", text
     assert "[stand-in] rank 0 restart 0 stops: --exit-at-step reached" in text
@@ -160,6 +161,6 @@ def test_finetune_script_without_a_task_fails_naming_it(slurm_cluster, fake_repo
     log = tmp_path / "job.log"
     job = slurm_cluster.sbatch(jobs.FINETUNE_SBATCH, options=[*jobs.CPU_OPTIONS, f"--output={log}"], env=env,
                                cwd=tmp_path)  # fmt: skip
-    info = slurm_cluster.wait_job(job, states={"FAILED"}, timeout=60)
+    info = slurm_cluster.wait_job(job, states={"FAILED"}, timeout=120)
     assert info["Restarts"] == "0"
     assert "TASK: set TASK to emotion, sentiment or speaker" in jobs.read_log(log)

@@ -17,6 +17,7 @@ import train_helpers as h
 
 from ctal_ds.train.checkpoint import latest_complete
 
+# Above the bounded waits of any one test: one spawn (run_ranks, 420 s) and a 120 s export check.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -47,42 +48,6 @@ def test_zero_stages_1_2_3_train_and_agree(tmp_path):
 # Gradient accumulation ------------------------------------------------------------------
 
 
-class FixedBatches:
-    """Rank r's samples, cut into batches of `size`: the same samples whatever the size."""
-
-    def __init__(self, cfg, rank: int, size: int, total: int = 24) -> None:
-        gen = torch.Generator().manual_seed(100 + rank)
-        singles = [h.make_batch(cfg, gen, 1, exact_masks=True) for _ in range(total)]
-        self.batches = [_concat(singles[i : i + size]) for i in range(0, total, size)]
-        self.index = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = self.batches[self.index]
-        self.index += 1
-        return batch
-
-
-def _concat(items):
-    """Pad single-utterance batches to a common length and stack them."""
-    out = {}
-    for key in items[0]:
-        if key == "keys":
-            out[key] = [k for it in items for k in it[key]]
-            continue
-        longest = max(it[key].shape[1] for it in items)
-        pad_value = {"input_ids": h.PAD, "mlm_labels": -100}.get(key, 0)
-        padded = []
-        for it in items:
-            t = it[key]
-            shape = (t.shape[0], longest - t.shape[1], *t.shape[2:])
-            padded.append(torch.cat([t, torch.full(shape, pad_value, dtype=t.dtype)], dim=1))
-        out[key] = torch.cat(padded)
-    return out
-
-
 def _accumulation(rank, world, out):
     # No dropout: the two runs must see identical arithmetic, not identical RNG draws.
     cfg = h.tiny_config(dropout=0.0)
@@ -96,7 +61,7 @@ def _accumulation(rank, world, out):
         # The losses are means over masked positions of a micro batch, and the engine
         # averages micro batches: equal to one big batch when every utterance has the
         # same number of masked positions (exact_masks).
-        stream = FixedBatches(cfg, rank, micro)
+        stream = h.FixedBatches(cfg, rank, micro)
         trainer = h.make_trainer(engine, stream, Path(out) / f"m{micro}", rank, world, 3)
         trainer.train()
         assert stream.index == 3 * accum

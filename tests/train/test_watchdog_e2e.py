@@ -16,7 +16,8 @@ import train_helpers as h
 
 from ctal_ds.train.watchdog import EXIT_CODE
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# Above the test's two bounded waits: 600 s for three steps, 600 s for the watchdog to end the job.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def logged_steps(out) -> int:
@@ -52,11 +53,16 @@ def test_a_stopped_rank_makes_the_other_ranks_watchdog_end_the_job_with_its_code
     try:
         deadline = time.monotonic() + 600
         while logged_steps(out) < 3:  # past start-up: step times are known
-            assert time.monotonic() < deadline and launcher.poll() is None, log.read_text()[-6000:]
+            assert launcher.poll() is None, f"the job exited {launcher.returncode} before step 3:\n{log.read_text()[-6000:]}"
+            assert time.monotonic() < deadline, f"the job logged no step 3 within 600 s:\n{log.read_text()[-6000:]}"
             time.sleep(0.2)
         stopped = rank_process(launcher, 1)
         stopped.suspend()
-        code = launcher.wait(timeout=600)
+        try:
+            # Rank 0's watchdog fires max(20 s, 10 x the median step) after its last step.
+            code = launcher.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the job was still running 600 s after rank 1 was stopped:\n{log.read_text()[-6000:]}")
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)

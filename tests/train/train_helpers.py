@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -64,15 +65,30 @@ def _child(rank: int, world: int, port: int, fn: Callable[..., Any], out: str, a
         sys.stdout.flush()
 
 
-def run_ranks(fn: Callable[..., Any], world: int, out: Path, *args: Any) -> list[Any]:
-    """Run `fn(rank, world, *args)` in `world` gloo processes; returns each rank's result."""
+def run_ranks(fn: Callable[..., Any], world: int, out: Path, *args: Any, timeout: float = 420) -> list[Any]:
+    """Run `fn(rank, world, *args)` in `world` gloo processes; returns each rank's result.
+
+    The ranks get `timeout` seconds together (a spawn of the tiny model's scenarios takes
+    a minute or two on a loaded 2-core machine); then they are killed and the failure
+    says which were still running.
+    """
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    context = mp.spawn(_child, args=(world, free_port(), fn, str(out), args), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout
+    done = False
     try:
-        mp.spawn(_child, args=(world, free_port(), fn, str(out), args), nprocs=world, join=True)
+        while not done and time.monotonic() < deadline:
+            done = context.join(timeout=max(0.1, deadline - time.monotonic()))
     except Exception as err:
         errors = [p.read_text() for p in sorted(out.glob("error_*.txt"))]
         raise AssertionError("rank failed:\n" + "\n".join(errors)) from err
+    if not done:
+        running = [r for r, p in enumerate(context.processes) if p.is_alive()]
+        for process in context.processes:
+            process.kill()
+            process.join(30)
+        raise AssertionError(f"ranks {running} of {world} still running {fn.__name__} after {timeout:.0f} s; killed")
     return [json.loads((out / f"result_{r}.json").read_text()) for r in range(world)]
 
 
@@ -145,6 +161,42 @@ class SyntheticStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.index = state["index"]
+
+
+class FixedBatches:
+    """Rank r's samples, cut into batches of `size`: the same samples whatever the size."""
+
+    def __init__(self, cfg, rank: int, size: int, total: int = 24) -> None:
+        gen = torch.Generator().manual_seed(100 + rank)
+        singles = [make_batch(cfg, gen, 1, exact_masks=True) for _ in range(total)]
+        self.batches = [_concat(singles[i : i + size]) for i in range(0, total, size)]
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.batches[self.index]
+        self.index += 1
+        return batch
+
+
+def _concat(items):
+    """Pad single-utterance batches to a common length and stack them."""
+    out = {}
+    for key in items[0]:
+        if key == "keys":
+            out[key] = [k for it in items for k in it[key]]
+            continue
+        longest = max(it[key].shape[1] for it in items)
+        pad_value = {"input_ids": PAD, "mlm_labels": -100}.get(key, 0)
+        padded = []
+        for it in items:
+            t = it[key]
+            shape = (t.shape[0], longest - t.shape[1], *t.shape[2:])
+            padded.append(torch.cat([t, torch.full(shape, pad_value, dtype=t.dtype)], dim=1))
+        out[key] = torch.cat(padded)
+    return out
 
 
 # Engines and trainers --------------------------------------------------------------------
@@ -256,14 +308,21 @@ def start_ranks(args: list[str], world: int, log_dir: Path, rank_args: dict[int,
 
 
 def wait_ranks(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 300) -> list[int]:
+    """The exit codes of the ranks of `start_ranks`, which get `timeout` seconds together;
+    then every rank is killed and the failure names those still running, with the logs."""
+    deadline = time.monotonic() + timeout
     codes = []
     for proc in procs:
         try:
-            codes.append(proc.wait(timeout=timeout))
+            codes.append(proc.wait(timeout=max(0.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
+            running = [r for r, p in enumerate(procs) if p.poll() is None]
             for p in procs:
                 p.kill()
-            raise
+                p.wait()
+            raise AssertionError(
+                f"ranks {running} of launch/pretrain.py still running after {timeout:.0f} s; killed\n{logs(log_dir)}"
+            ) from None
     return codes
 
 
