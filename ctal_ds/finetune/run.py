@@ -95,6 +95,17 @@ def choose_splits(splits: list[Split], fold: str) -> list[Split]:
     return chosen
 
 
+def run_name(cfg: FinetuneConfig, variant: str, split: str) -> str:
+    """A name that tells the runs of one experiment apart in the MLflow UI:
+    ``emotion-pretrained-fold1-f0.1-seed1235``; ``--run-name`` replaces the task-variant
+    part. ``split`` is ``all`` for the run holding the folds' aggregate."""
+    parts = [cfg.tracking.run_name or f"{cfg.data.task}-{variant}", split]
+    if cfg.data.fraction != 1.0:
+        parts.append(f"f{cfg.data.fraction:g}")
+    parts.append(f"seed{cfg.seed}")
+    return "-".join(parts)
+
+
 def run_identity(cfg: FinetuneConfig, variant: str, split: str, role: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Tags for grouping in the tracking store (launch/compare.py) and the matching params."""
     tags = {
@@ -200,7 +211,7 @@ def finetune_split(
         raw, cfg, steps, info.world_size, info.world_size_var, accel.device_name(), accel.is_fp16_supported()
     )
     split_cfg = dataclasses.replace(
-        cfg, out=out,
+        cfg, out=out, tracking=dataclasses.replace(cfg.tracking, run_name=run_name(cfg, variant, split.name)),
         loop=dataclasses.replace(cfg.loop, steps=steps, eval_every=task.steps_per_epoch),
         checkpoint=dataclasses.replace(cfg.checkpoint, save_every=cfg.checkpoint.save_every or _save_interval(task.steps_per_epoch)),
     )  # fmt: skip
@@ -300,7 +311,7 @@ def _summarize_folds(
     # `<metric>` is the mean over folds, as reported; `<metric>_std` its spread.
     metrics = {k[: -len("_mean")] if k.endswith("_mean") else k: v for k, v in summary.metrics.items()}
     tags, params = run_identity(cfg, variant, "all", "result")
-    tracker = Tracker(cfg.tracking, cfg.out)
+    tracker = Tracker(dataclasses.replace(cfg.tracking, run_name=run_name(cfg, variant, "all")), cfg.out)
     run_id = tracker.start(None, {**params, "finetune.folds": len(results)}, {**tags, "folds": str(len(results))})
     tracker.log_metrics(0, {f"test/{k}": float(v) for k, v in metrics.items()})
     for r in results:

@@ -33,6 +33,9 @@ from ctal_ds.train.task import PretrainTask, Task, all_reduce, to_device
 from ctal_ds.train.tracking import NullTracker
 from ctal_ds.train.watchdog import Watchdog
 
+# Every checkpoint a run saved, one JSON line each, in the checkpoints root (rank 0).
+HISTORY = "history.jsonl"
+
 
 @dataclass
 class Outcome:
@@ -125,12 +128,20 @@ class Trainer:
         tag_dir = self.checkpointer.save(self.engine, self.step, state, self.rank_state_dict())
         self.task.after_save(tag_dir)
         if self.tracker.active:
-            # The shards stay out of the tracking store; their location and the hash of
-            # the manifest (which lists every file's sha256) go in as tags.
+            # The shards stay out of the tracking store. Two tags name the newest one and
+            # the hash of its manifest (which lists every file's sha256); every save is
+            # one line of the artifact checkpoints/history.jsonl, so the tag list of a
+            # run does not grow with its length.
             digest = hashlib.sha256((tag_dir / "complete.json").read_bytes()).hexdigest()
             self.tracker.set_tags(
-                {"checkpoint.latest": str(tag_dir.resolve()), f"checkpoint.{tag_dir.name}.manifest_sha256": digest}
+                {"checkpoint.latest": str(tag_dir.resolve()), "checkpoint.latest_manifest_sha256": digest}
             )
+            history = self.checkpointer.root / HISTORY
+            entry = {"tag": tag_dir.name, "step": self.step, "path": str(tag_dir.resolve()),
+                     "manifest_sha256": digest, "time": time.time()}  # fmt: skip
+            with history.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+            self.tracker.log_artifact(history, "checkpoints")
         return tag_dir
 
     # One optimizer step ---------------------------------------------------------------

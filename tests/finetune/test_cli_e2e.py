@@ -44,6 +44,10 @@ def test_emotion_over_all_folds_then_evaluate_one_fold_export(emotion_shards, tm
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     found = client.search_runs([client.get_experiment_by_name("ctal-emotion").experiment_id])
     assert sorted(r.data.tags["fold"] for r in found) == ["all", "fold1", "fold2", "fold3", "fold4", "fold5"]
+    # Names a person can tell apart in the MLflow UI: task, variant, fold, seed.
+    assert sorted(r.info.run_name for r in found) == [
+        f"emotion-scratch-{fold}-seed1234" for fold in ("all", "fold1", "fold2", "fold3", "fold4", "fold5")
+    ]
     (summary,) = [r for r in found if r.data.tags["role"] == "result"]
     assert summary.data.metrics["test/ua"] == pytest.approx(results["metrics"]["ua"])
     assert "test/ua_std" in summary.data.metrics and summary.info.run_id == results["run_id"]

@@ -67,6 +67,7 @@ def test_the_run_is_tracked_with_its_grouping_tags_metrics_and_artifacts(speaker
     tags, metrics = run.data.tags, run.data.metrics
     assert (tags["task"], tags["variant"], tags["init"], tags["fold"], tags["role"]) == (
         "speaker", "tiny-scratch", "scratch", "librispeech", "result")
+    assert run.info.run_name == f"speaker-tiny-scratch-librispeech-seed{tags['seed']}"
     assert run.info.status == "FINISHED" and metrics["test/eer"] == pytest.approx(result.metrics["eer"])
     dev_steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev/accuracy")]
     assert len(dev_steps) == 2 and dev_steps[1] == 2 * dev_steps[0]  # one dev evaluation per epoch

@@ -73,7 +73,12 @@ def test_deepspeed_launcher_trains_two_cpu_ranks_tracks_and_exports(launcher_run
             "plots/training.png"} <= set(artifacts)  # fmt: skip
     assert not [a for a in artifacts if a.endswith(".pt")]  # ZeRO shards never uploaded
     assert run.data.tags["checkpoint.latest"].endswith("global_step6")
-    assert len(run.data.tags["checkpoint.global_step6.manifest_sha256"]) == 64
+    assert len(run.data.tags["checkpoint.latest_manifest_sha256"]) == 64
+    assert not [t for t in run.data.tags if t.startswith("checkpoint.global_step")]
+    assert "checkpoints/history.jsonl" in artifacts
+    history = [json.loads(line) for line in (out / "checkpoints" / "history.jsonl").read_text().splitlines()]
+    assert [h["tag"] for h in history][-1] == "global_step6"
+    assert history[-1]["manifest_sha256"] == run.data.tags["checkpoint.latest_manifest_sha256"]
 
     # The export holds exactly the final fp32 master weights, tie included.
     from ctal_ds.model import load_pretrained
