@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(bases, variants, fractions, starts, args.out, info, stop, seeds)
     except TrainingDiverged as err:
         print(f"[ctal-ds] training stopped: {err}", file=sys.stderr, flush=True)
+        close_process_group()
         return 3
     if info.is_main:
         rows = comparison_rows(results)

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         result = finetune(cfg, info, stop)
     except TrainingDiverged as err:
         print(f"[ctal-ds] training stopped: {err}", file=sys.stderr, flush=True)
+        close_process_group()
         return 3
     if info.is_main:
         state = "finished" if result.finished else "stopped (resume with the same command)"

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ctal-ds] training stopped: {err}", file=sys.stderr, flush=True)
         trainer.tracker.set_tags({"failure": str(err)[:5000]})
         trainer.tracker.finish("FAILED")
+        close_process_group()
         return 3
     finally:
         dog.stop()  # the export and the final barrier are not steps

@@ -184,6 +184,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--steps must be positive, got {cfg.loop.steps}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("--keep-last must be at least 1")
+    if cfg.loop.exit_at_step is not None and cfg.loop.exit_at_step <= 0:
+        raise ConfigError(f"--exit-at-step must be positive, got {cfg.loop.exit_at_step}")
+    if cfg.loop.time_limit_min is not None and not cfg.loop.time_limit_min > 0:
+        raise ConfigError(f"--time-limit-min must be positive, got {cfg.loop.time_limit_min:g}")
     problem = resume_spec_problem(cfg.checkpoint.resume)
     if problem:
         raise ConfigError(problem)

@@ -11,7 +11,8 @@ import pytest
 import train_helpers as h
 
 from ctal_ds.model import CTALConfig
-from ctal_ds.train.cli import build_parser, run_config_from_args
+from ctal_ds.train.cli import build_parser, run_config_from_args, validate
+from ctal_ds.train.config import ConfigError
 
 REQUIRED = ["--deepspeed_config", "ds_configs/zero2.json", "--train-shards", "shards/ls960", "--out", "runs/base"]
 
@@ -53,3 +54,22 @@ def test_a_bad_resume_path_exits_2_naming_it_before_any_process_group_starts(dem
     assert ("no such file or directory" if case == "no such path" else "no complete global_step<N>/ tag") in result.stderr
     assert not [line for line in STARTUP_LINES if line in text], text[-3000:]
     assert not out.exists()  # nothing was written for the run
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--time-limit-min", "0", "--time-limit-min must be positive, got 0"),
+        ("--time-limit-min", "-5", "--time-limit-min must be positive, got -5"),
+        ("--exit-at-step", "0", "--exit-at-step must be positive, got 0"),
+    ],
+)
+def test_a_stop_flag_that_would_end_the_run_at_once_is_a_configuration_error(tmp_path, flag, value, message):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text("{}")
+    args = ["--deepspeed_config", str(h.REPO / "ds_configs" / "cpu.json"), "--train-shards", str(shards),
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    validate(run_config_from_args(build_parser().parse_args(args)))  # the rest is valid
+    with pytest.raises(ConfigError, match=message):
+        validate(run_config_from_args(build_parser().parse_args([*args, flag, value])))
