@@ -54,6 +54,11 @@ PAGE_TIMEOUT_S = 180.0
 # many runs gets wider (one 200 px column per run), up to MAX_WIDTH; pages are shot at
 # their full height, up to MAX_HEIGHT.
 WIDTH, HEIGHT, MAX_WIDTH, MAX_HEIGHT = 1600, 1200, 4000, 8000
+# A page that shows some of the runs but not all that is expected is judged once it has
+# not changed for this long (its data has arrived and rendered).
+SETTLE_S = 5.0
+# Runs the runs page shows before "Load more".
+RUNS_PAGE_ROWS = 100
 
 
 class BrowserUnavailable(RuntimeError):
@@ -74,6 +79,7 @@ class ExpectedRun:
     name: str
     variant: str
     metrics: tuple[str, ...]  # the test metric keys the compare view must list
+    start_time: int = 0
 
 
 @dataclasses.dataclass
@@ -264,7 +270,8 @@ def _expected(run: Any) -> ExpectedRun:
     tags = run.data.tags
     tests = sorted(k for k in run.data.metrics if k.startswith("test/") and k.count("/") == 1)
     key = [f"test/{m}" for m in KEY_METRICS.get(tags.get("task", ""), ()) if f"test/{m}" in tests]
-    return ExpectedRun(run.info.run_id, run.info.run_name or "", tags.get("variant", ""), tuple(key or tests))
+    return ExpectedRun(run.info.run_id, run.info.run_name or "", tags.get("variant", ""), tuple(key or tests),
+                       run.info.start_time or 0)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- pages
@@ -359,15 +366,26 @@ def compare_problems(
     return problems
 
 
-def _wait_for(driver: Any, read: Callable[[dict], list[str]], timeout: float) -> tuple[dict, list[str]]:
-    """Poll the page until ``read(page)`` reports no problem or ``timeout`` passes; the last
-    page read and its problems."""
+def _wait_for(
+    driver: Any, read: Callable[[dict], list[str]], names: Sequence[str], timeout: float, settle: float = SETTLE_S
+) -> tuple[dict, list[str]]:
+    """Poll the page until ``read(page)`` reports no problem; or, once it shows one of the
+    run ``names`` (its data has arrived), until it stays unchanged for ``settle`` seconds;
+    or until ``timeout``. The last page read and its problems."""
     deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
     while True:
         page = driver.execute_script(_READ_PAGE)
         problems = read(page)
-        if not problems or time.monotonic() > deadline:
+        if not problems:
             return page, problems
+        now = time.monotonic()
+        if page != last:
+            last, since = page, now
+        elif any(name in page["text"] for name in names) and now - since >= settle:
+            return page, problems
+        if now > deadline:
+            return page, [f"{p} after waiting {timeout:.0f}s" for p in problems]
         time.sleep(1.0)
 
 
@@ -383,9 +401,10 @@ def _close_assistant(driver: Any) -> None:
 
 
 def _screenshot(driver: Any, png: Path, width: int) -> Path:
-    driver.set_window_size(width, HEIGHT)
+    start = driver.get_window_size()["height"]
+    driver.set_window_size(width, start)
     time.sleep(1.0)
-    height = min(MAX_HEIGHT, max(HEIGHT, int(driver.execute_script(_FULL_HEIGHT)) + 200))
+    height = min(MAX_HEIGHT, max(start, int(driver.execute_script(_FULL_HEIGHT)) + 200))
     driver.set_window_size(width, height)
     time.sleep(2.0)  # the grids re-render for the new size
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -404,9 +423,13 @@ def check_experiment(
 ) -> ExperimentCheck:  # fmt: skip
     """Open the runs page and the compare view of ``runs``; screenshots go to ``out``."""
     check = ExperimentCheck(experiment, experiment_id, runs)
-    driver.set_window_size(WIDTH, HEIGHT)
+    # The runs table renders the rows in the window only, and loads RUNS_PAGE_ROWS at first
+    # (newest first): the window is made tall enough for them, and only they are expected.
+    listed = sorted(runs, key=lambda r: r.start_time, reverse=True)[:RUNS_PAGE_ROWS]
+    driver.set_window_size(WIDTH, min(MAX_HEIGHT, max(HEIGHT, 500 + 40 * len(listed))))
     driver.get(runs_page_url(base, experiment_id))
-    page, problems = _wait_for(driver, lambda p: runs_page_problems(runs, p["text"]), timeout)
+    names = [r.name for r in runs]
+    page, problems = _wait_for(driver, lambda p: runs_page_problems(listed, p["text"]), names, timeout)
     check.names_on_runs_page = [r.name for r in runs if r.name in page["text"]]
     check.problems += problems
     _close_assistant(driver)
@@ -417,7 +440,7 @@ def check_experiment(
     def compare(p: dict) -> list[str]:
         return compare_problems(runs, *read_compare(p["rows"], p["text"]))
 
-    page, problems = _wait_for(driver, compare, timeout)
+    page, problems = _wait_for(driver, compare, names, timeout)
     check.names_on_compare, check.variants_on_compare, check.metrics_on_compare = read_compare(
         page["rows"], page["text"]
     )
