@@ -312,8 +312,14 @@ return window.innerHeight + extra;
 """
 
 
+def _lines(text: str) -> set[str]:
+    """The page's text lines: a run name must be one (``...-seed1`` is not in ``...-seed12``)."""
+    return {line.strip() for line in text.split("\n")}
+
+
 def runs_page_problems(expected: Sequence[ExpectedRun], text: str) -> list[str]:
-    missing = [r.name for r in expected if r.name not in text]
+    lines = _lines(text)
+    missing = [r.name for r in expected if r.name not in lines]
     return [f"runs page lacks run(s) {missing}"] if missing else []
 
 
@@ -382,7 +388,7 @@ def _wait_for(
         now = time.monotonic()
         if page != last:
             last, since = page, now
-        elif any(name in page["text"] for name in names) and now - since >= settle:
+        elif not _lines(page["text"]).isdisjoint(names) and now - since >= settle:
             return page, problems
         if now > deadline:
             return page, [f"{p} after waiting {timeout:.0f}s" for p in problems]
@@ -430,7 +436,7 @@ def check_experiment(
     driver.get(runs_page_url(base, experiment_id))
     names = [r.name for r in runs]
     page, problems = _wait_for(driver, lambda p: runs_page_problems(listed, p["text"]), names, timeout)
-    check.names_on_runs_page = [r.name for r in runs if r.name in page["text"]]
+    check.names_on_runs_page = [r.name for r in runs if r.name in _lines(page["text"])]
     check.problems += problems
     _close_assistant(driver)
     check.experiment_png = _screenshot(driver, out / f"{_slug(experiment)}-runs.png", WIDTH)

@@ -254,3 +254,11 @@ def test_the_script_needs_an_existing_store(tmp_path, capsys):
     assert ui_check.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
     assert f"no tracking store at {tmp_path / 'none.db'}" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_run_name_must_be_a_whole_line_of_the_runs_page():
+    seed1 = tracking_ui.ExpectedRun("a1", "emotion-scratch-fold1-seed1", "scratch", ())
+    assert tracking_ui.runs_page_problems([seed1], "Run Name\nemotion-scratch-fold1-seed12\n") == [
+        "runs page lacks run(s) ['emotion-scratch-fold1-seed1']"
+    ]
+    assert tracking_ui.runs_page_problems([seed1], "Run Name\n emotion-scratch-fold1-seed1 \n3 minutes ago") == []
