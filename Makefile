@@ -42,8 +42,10 @@ mutants: install
 # launcher; fine-tune and evaluate emotion (IEMOCAP fold 1), sentiment and speaker
 # verification with and without pre-training at 10 % of the labels (3 seeds, beside the
 # frozen probes of the pre-trained and of a random backbone), 30 % (1 seed) and 100 %
-# (2 seeds); print the comparison table. Every step resumes or skips work already done,
-# so an interrupted demo continues where it stopped.
+# (2 seeds); print the comparison table; check the MLflow UI of the store in headless
+# Chromium (launch/ui_check.py: screenshots in $(DEMO_DIR)/ui; where Chromium is missing
+# and cannot be installed it says why and the demo still succeeds). Every step resumes or
+# skips work already done, so an interrupted demo continues where it stopped.
 DEMO_TRACKING := sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db
 DEMO_TOKENIZER := $(DEMO_DIR)/shards/pretrain/train/tokenizer.json
 DEMO_PRETRAIN_STEPS ?= 3000
@@ -70,8 +72,10 @@ demo: install
 		--fractions 0.1 --seeds 3
 	$(PY) launch/ablate.py $(DEMO_FINETUNE) --variants pretrained,scratch --fractions 0.3,1 --seeds 0.3:1,1:2
 	$(PY) launch/compare.py --tracking-uri $(DEMO_TRACKING)
+	$(PY) launch/ui_check.py --tracking-uri $(DEMO_TRACKING) --out $(DEMO_DIR)/ui --skip-without-browser
 	@echo "MLflow store: $(DEMO_DIR)/mlflow.db; browse it with"
 	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_TRACKING)"
+	@echo "  (MLflow 3 opens experiments on their GenAI overview: switch to 'Model training' for the runs)"
 
 lint: install
 	$(VENV)/bin/ruff check ctal_ds launch tests benchmarks

@@ -32,6 +32,8 @@ EXTRAS_REQUIRE = {
         "triton>=3.0",
         # benchmarks/model.py compares against a model assembled from RoBERTa modules.
         "transformers>=4.40",
+        # launch/ui_check.py (make demo) and its test drive Debian's headless Chromium.
+        "selenium>=4.11",
     ],
     # Optional fast paths. torchaudio is not required: ctal_ds.data.features has a
     # pure-torch backend, and PyPI's torchaudio wheels are CUDA builds pinned to

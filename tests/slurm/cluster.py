@@ -10,8 +10,6 @@ socket is named in slurm.conf's ``AuthInfo``, so clients need nothing else.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import fcntl
 import os
 import random
 import re
@@ -27,13 +25,13 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ctal_ds.apt import INSTALL_LOCK, SEARCH_PATH, PackagesUnavailable, apt_install
+
 PACKAGES = ("slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 # Daemons live in sbin, which is not on every user's PATH (e.g. under sudo -E or CI shells).
-_SEARCH_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"]
-)
+_SEARCH_PATH = SEARCH_PATH
 
 # Job states after which a job never runs again on its own (REQUEUED and PENDING are not).
 TERMINAL_STATES = frozenset(
@@ -57,10 +55,7 @@ _MAX_RUNDIR_LEN = 60
 # connections cannot take them between the check and the daemon's bind().
 _PORT_RANGE = (20000, 32000)
 _PORT_ATTEMPTS = 3
-_INSTALL_LOCK = Path(tempfile.gettempdir()) / "ctal-ds-slurm-apt.lock"
-# apt-get install of the packages on a slow mirror, and apt-get update before a retry.
-_APT_INSTALL_TIMEOUT_S = 1200
-_APT_UPDATE_TIMEOUT_S = 600
+_INSTALL_LOCK = INSTALL_LOCK
 
 
 class ClusterUnavailable(RuntimeError):
@@ -81,25 +76,6 @@ class _PortInUse(ClusterStartError):
 
 class JobStateError(AssertionError):
     """A job ended in a state the caller was not waiting for."""
-
-
-@contextlib.contextmanager
-def hold_flock(path: Path, what: str, timeout: float):
-    """Hold an exclusive flock on ``path``. Raises ``TimeoutError`` naming ``what`` when
-    another process still holds it after ``timeout`` seconds."""
-    with open(path, "w") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"waited {timeout:.0f}s for {what} (lock {path}); another process still holds it"
-                    ) from None
-                time.sleep(0.5)
-        yield
 
 
 def _find(name: str) -> str | None:
@@ -199,34 +175,11 @@ class LoopbackSlurmCluster:
             )
 
     def _apt_install(self, missing: list[str]) -> None:
-        what = f"{', '.join(missing)} not installed"
-        if os.geteuid() != 0:
-            raise ClusterUnavailable(f"{what} and not root, so cannot apt-get install them")
-        apt = _find("apt-get")
-        if apt is None:
-            raise ClusterUnavailable(f"{what} and there is no apt-get")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y",
-                   "--no-install-recommends", *PACKAGES]  # fmt: skip
-        # Parallel test workers may both get here; apt's own locks would make one fail.
-        wait = 2 * _APT_INSTALL_TIMEOUT_S + _APT_UPDATE_TIMEOUT_S
-        with hold_flock(_INSTALL_LOCK, "another process installing the SLURM packages", wait):
-            if all(_find(name) for name in missing):
-                return
-            try:
-                result = subprocess.run(install, env=env, capture_output=True, text=True,
-                                        timeout=_APT_INSTALL_TIMEOUT_S)  # fmt: skip
-                if result.returncode != 0:
-                    # Fresh machines often ship without package lists.
-                    subprocess.run([apt, "update"], env=env, capture_output=True, text=True,
-                                   timeout=_APT_UPDATE_TIMEOUT_S)  # fmt: skip
-                    result = subprocess.run(install, env=env, capture_output=True, text=True,
-                                            timeout=_APT_INSTALL_TIMEOUT_S)  # fmt: skip
-            except subprocess.TimeoutExpired as err:
-                raise ClusterUnavailable(f"{' '.join(err.cmd)} did not finish within {err.timeout:.0f}s") from err
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
-            raise ClusterUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: {tail}")
+        try:
+            apt_install(PACKAGES, missing, lambda: all(_find(name) for name in missing),
+                        lock=_INSTALL_LOCK, search_path=_SEARCH_PATH)  # fmt: skip
+        except PackagesUnavailable as err:
+            raise ClusterUnavailable(err.reason) from err
 
     def start(self) -> None:
         """Start munged, slurmctld and the slurmds; return once every node is idle."""

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from prerequisites import skip_or_fail
 
-from .cluster import ClusterUnavailable, LoopbackSlurmCluster, hold_flock
+from ctal_ds.apt import hold_flock
+
+from .cluster import ClusterUnavailable, LoopbackSlurmCluster
 
 _HERE = Path(__file__).parent
 REPO = _HERE.parents[1]
