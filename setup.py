@@ -32,7 +32,12 @@ EXTRAS_REQUIRE = {
         "triton>=3.0",
         # benchmarks/model.py compares against a model assembled from RoBERTa modules.
         "transformers>=4.40",
+        # tests/data/test_lhotse.py writes manifests with lhotse's own API.
+        "lhotse>=1.20",
     ],
+    # Not needed to read lhotse manifests (ctal_ds.data.corpora parses their JSON); for
+    # writing or inspecting them with lhotse beside ctal-ds.
+    "lhotse": ["lhotse>=1.20"],
     # Optional fast paths. torchaudio is not required: ctal_ds.data.features has a
     # pure-torch backend, and PyPI's torchaudio wheels are CUDA builds pinned to
     # older torch releases. NVIDIA apex builds from source only (the PyPI package
