@@ -32,6 +32,8 @@ EXTRAS_REQUIRE = {
         "triton>=3.0",
         # benchmarks/model.py compares against a model assembled from RoBERTa modules.
         "transformers>=4.40",
+        # MLflow's system metrics read psutil; tests/model/test_mlflow_model.py checks them.
+        "psutil>=5.9",
         # tests/data/test_lhotse.py writes manifests with lhotse's own API.
         "lhotse>=1.20",
     ],
