@@ -393,7 +393,8 @@ def _iter_manifest_lines(path: Path, scan: CorpusScan):
 
 
 def _sniff_lhotse(path: Path) -> str | None:
-    """The lhotse manifest type of the first object in ``path``, or None."""
+    """The lhotse manifest type of the first object in ``path``; ``""`` for an object of
+    another kind (a plain JSONL manifest's has ``audio``); None when there is no object."""
     scratch = CorpusScan(corpus="lhotse", root=str(path))
     for _, line in _iter_manifest_lines(path, scratch):
         if not line.strip():
@@ -402,15 +403,15 @@ def _sniff_lhotse(path: Path) -> str | None:
             obj = json.loads(line)
         except json.JSONDecodeError:
             return None
-        if not isinstance(obj, dict):
-            return None
+        if not isinstance(obj, dict) or "audio" in obj:
+            return ""
         if "supervisions" in obj or obj.get("type") in ("MonoCut", "MultiCut", "MixedCut", "PaddingCut"):
             return "cuts"
         if "sources" in obj and "sampling_rate" in obj:
             return "recordings"
-        if "recording_id" in obj:
+        if "recording_id" in obj and "start" in obj and "duration" in obj:
             return "supervisions"
-        return None
+        return ""
     return None
 
 
@@ -627,7 +628,7 @@ def lhotse_manifests(path: str | os.PathLike) -> tuple[list[Path], list[tuple[Pa
     file (a recordings or supervisions file brings its partner) or a folder of them."""
     path = Path(path)
     if path.is_file():
-        role = lhotse_role(path) or _sniff_lhotse(path)
+        role = _sniff_lhotse(path) or lhotse_role(path)
         if role == "cuts":
             return [path], []
         if role == "recordings":
@@ -695,8 +696,11 @@ READERS = {
 def detect_kind(path: str | os.PathLike) -> str:
     path = Path(path)
     if path.is_file():
-        if lhotse_role(path) or (_manifest_stem(path) is not None and _sniff_lhotse(path)):
-            return "lhotse"
+        if _manifest_stem(path) is not None:
+            # The first object decides; a name like x_supervisions.jsonl only where there is none.
+            sniffed = _sniff_lhotse(path)
+            if sniffed or (sniffed is None and lhotse_role(path)):
+                return "lhotse"
         if path.suffix in (".jsonl", ".json"):
             return "jsonl"
         raise CorpusError(f"{path}: a file corpus must be a .jsonl manifest or a lhotse .jsonl[.gz] manifest")

@@ -127,6 +127,12 @@ def test_a_recordings_file_a_folder_and_auto_detection_read_the_same_pair(manife
         assert scan.corpus == "lhotse"
         assert scan.records == by_sup.records and len(scan.rejections) == len(by_sup.rejections)
     assert [r.id for r in filter_split(by_sup, ["dev"]).records] == ["long-a"]
+    # A plain JSONL manifest stays one, whatever its name or extra keys.
+    plain = manifests["dir"] / "my_supervisions.jsonl"
+    plain.write_text(json.dumps({"id": "u", "audio": "a.wav", "text": "hi", "recording_id": "r", "start": 0,
+                                 "duration": 1}) + "\n")  # fmt: skip
+    assert detect_kind(plain) == "jsonl"
+    plain.unlink()
     # A lone supervisions file cannot be read: its audio is in the missing partner.
     manifests["rec_file"].unlink()
     with pytest.raises(CorpusError, match="corpus_recordings_train.jsonl"):
