@@ -34,7 +34,14 @@ EXTRAS_REQUIRE = {
         "transformers>=4.40",
         # launch/ui_check.py (make demo) and its test drive Debian's headless Chromium.
         "selenium>=4.11",
+        # MLflow's system metrics read psutil; tests/model/test_mlflow_model.py checks them.
+        "psutil>=5.9",
+        # tests/data/test_lhotse.py writes manifests with lhotse's own API.
+        "lhotse>=1.20",
     ],
+    # Not needed to read lhotse manifests (ctal_ds.data.corpora parses their JSON); for
+    # writing or inspecting them with lhotse beside ctal-ds.
+    "lhotse": ["lhotse>=1.20"],
     # Optional fast paths. torchaudio is not required: ctal_ds.data.features has a
     # pure-torch backend, and PyPI's torchaudio wheels are CUDA builds pinned to
     # older torch releases. NVIDIA apex builds from source only (the PyPI package

@@ -1,10 +1,14 @@
-"""Embeddings of a folder of audio files, or of a JSONL manifest, with a model directory.
+"""Embeddings of a folder of audio files, a JSONL manifest or lhotse manifests, with a model directory.
 
     # every audio file under a folder (a/b.wav has id a/b; a/b.txt beside it is its transcript)
     python launch/embed.py --model runs/demo/pretrain/export --audio-dir recordings --out emb.parquet
 
     # a manifest of {"id", "audio", "text"} lines, one array for the rows of emb.ids.txt
     python launch/embed.py --model runs/ft/emotion/fold1/export --manifest utts.jsonl --out emb.npy
+
+    # lhotse: each supervision of a CutSet (or of a recordings + supervisions pair, or a
+    # folder of them), its span of the recording with its text; --manifest detects them too
+    python launch/embed.py --model runs/demo/pretrain/export --lhotse data/cuts_dev.jsonl.gz --out emb.parquet
 
 The model is any `save_pretrained` directory (a pre-training or a fine-tuning export);
 its tokenizer.json and feature_config.json prepare the inputs exactly as shard building
@@ -20,7 +24,8 @@ model also embedding (h_fuse, or the speaker embedding), probs, label, label_nam
 (when the export stores class names), speaker_embedding, score (sentiment).
 
 Inputs that cannot be embedded (missing or unreadable audio, a broken manifest line,
-a duplicate id) are listed with the reason on stderr and in `<out stem>.rejects.jsonl`;
+a duplicate id; for lhotse also a supervision without recording, a multi-channel
+recording or a segment past the recording's end) are listed with the reason on stderr and in `<out stem>.rejects.jsonl`;
 the others are embedded. Exit 0 when at least one input was embedded, 1 when none was
 (or the model cannot be loaded), 2 on bad arguments.
 """
@@ -39,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="save_pretrained model directory")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio-dir", type=Path, help="folder of audio files (searched recursively)")
-    source.add_argument("--manifest", type=Path, help="JSONL manifest: id, audio, text per line")
+    source.add_argument("--manifest", type=Path,
+                        help="JSONL manifest: id, audio, text per line (a lhotse manifest is detected)")
+    source.add_argument("--lhotse", type=Path, metavar="MANIFEST",
+                        help="lhotse cuts, recordings or supervisions .jsonl[.gz], or a folder of them")
     p.add_argument("--out", type=Path, required=True, help="output file: .parquet or .npy")
     p.add_argument("--fields", help="comma-separated fields to write (see above)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass")
@@ -90,14 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f".npy holds one array: give one vector field with --fields (one of "
                 f"{[f for f in available if f in ef.VECTOR_FIELDS]}), or write .parquet")  # fmt: skip
 
+    from ctal_ds.data.corpora import CorpusError
+
     try:
-        items, rejects = ef.folder_items(args.audio_dir) if args.audio_dir else ef.manifest_items(args.manifest)
-    except (OSError, UnicodeDecodeError) as err:
+        if args.audio_dir:
+            items, rejects = ef.folder_items(args.audio_dir)
+        elif args.lhotse or ef.is_lhotse(args.manifest):
+            items, rejects = ef.lhotse_items(args.lhotse or args.manifest)
+        else:
+            items, rejects = ef.manifest_items(args.manifest)
+    except (OSError, UnicodeDecodeError, CorpusError) as err:
         print(f"embed: cannot read the inputs: {err}", file=sys.stderr)
         return 1
     for r in rejects:
         say(f"rejected {r.id or '-'} ({r.audio or '-'}): {r.reason}")
-    where = args.audio_dir or args.manifest
+    where = args.audio_dir or args.lhotse or args.manifest
     inputs = len(items) + len(rejects)
     if not inputs:
         print(f"embed: nothing to embed: no audio files ({', '.join(ef.AUDIO_SUFFIXES)}) in {where}", file=sys.stderr)

@@ -10,6 +10,10 @@
     python launch/prepare_data.py --corpus runs/demo/corpus/librispeech --out shards/demo \\
         --holdout-fraction 0.05
 
+    # lhotse manifests: a CutSet, or a folder of *_recordings* + *_supervisions* pairs
+    python launch/prepare_data.py --corpus data/manifests/librispeech_cuts_dev-clean.jsonl.gz \
+        --out shards/ls-dev-clean --tokenizer shards/ls960/tokenizer.json
+
     # Verify every shard against its manifest (exit 1 and the file names if any is bad)
     python launch/prepare_data.py --check shards/ls960
 
@@ -50,9 +54,10 @@ from ctal_ds.data.tokenizer import TokenizerConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--corpus", help="corpus folder or .jsonl manifest to build shards from")
+    mode.add_argument("--corpus", help="corpus folder, .jsonl manifest or lhotse manifest (cuts, recordings or "
+                                        "supervisions .jsonl[.gz], or their folder) to build shards from")
     mode.add_argument("--check", metavar="DIR", help="verify the shard set(s) in DIR and exit")
-    p.add_argument("--kind", default="auto", help="librispeech | iemocap | mosei | jsonl | auto")
+    p.add_argument("--kind", default="auto", help="librispeech | iemocap | mosei | jsonl | lhotse | auto")
     p.add_argument("--out", help="output folder, e.g. shards/ls960")
     p.add_argument("--split", action="append", default=[], metavar="NAME",
                    help="keep only records of this corpus split (repeatable), e.g. train-clean-100")

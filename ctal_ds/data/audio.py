@@ -3,7 +3,7 @@
 Resampling happens here, once, when shards are built (DESIGN.md section 4); training
 never sees another rate. Inputs that cannot become features raise
 :class:`AudioRejected`, whose reason starts with a class name the shard builder counts:
-``unreadable audio``, ``empty audio``, ``non-finite audio``, ``too long``.
+``unreadable audio``, ``empty audio``, ``non-finite audio``, ``too long``, ``bad segment``.
 """
 
 from __future__ import annotations
@@ -32,24 +32,51 @@ def _too_long(path, n_samples: int, sample_rate: int, config: FeatureConfig) -> 
         raise AudioRejected(path, f"too long: {seconds:.2f} s > max_duration_s {config.max_duration_s:g} s")
 
 
-def load_audio(path: str | os.PathLike, config: FeatureConfig | None = None) -> np.ndarray:
+def segment_frames(offset: float, duration: float | None, sample_rate: int) -> tuple[int, int | None]:
+    """(first frame, frame count or None for "to the end") of a segment given in seconds,
+    rounded as lhotse rounds them (``compute_num_samples``)."""
+    start = int(round(offset * sample_rate))
+    return start, None if duration is None else int(round(duration * sample_rate))
+
+
+def load_audio(
+    path: str | os.PathLike,
+    config: FeatureConfig | None = None,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
     """Mono float32 samples of ``path`` at ``config.sample_rate``.
 
+    ``offset`` and ``duration`` (seconds) select a segment of the file, cut at the file's
+    own rate before resampling; a segment that ends past the file's end is refused.
     Channels are averaged; other rates are resampled with soxr (HQ, deterministic).
     Raises :class:`AudioRejected` for a file that is unreadable, has no samples, holds
     NaN or infinite samples, or lasts longer than ``config.max_duration_s``.
     """
     config = config or FeatureConfig()
+    segment = offset != 0.0 or duration is not None
     try:
         # The header first: a long file is refused without decoding it.
         info = soundfile.info(str(path))
+        start, frames = segment_frames(offset, duration, info.samplerate)
+        if segment and info.frames > 0:
+            stop = info.frames if frames is None else start + frames
+            if start < 0 or stop > info.frames or stop <= start:
+                raise AudioRejected(
+                    path, f"bad segment: {offset:g} s + {duration} s is frames [{start}, {stop}) of a file "
+                    f"of {info.frames} frames at {info.samplerate} Hz",
+                )
         if info.frames > 0:
-            _too_long(path, info.frames, info.samplerate, config)
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            _too_long(path, (info.frames - start) if frames is None else frames, info.samplerate, config)
+        data, rate = soundfile.read(
+            str(path), dtype="float32", always_2d=True, start=start, frames=-1 if frames is None else frames
+        )
     except AudioRejected:
         raise
     except Exception as err:  # soundfile raises several types for missing or broken files
         raise AudioRejected(path, f"unreadable audio: {type(err).__name__}: {err}") from err
+    if segment and frames is not None and data.shape[0] != frames:
+        raise AudioRejected(path, f"bad segment: {frames} frames from frame {start} asked, {data.shape[0]} read")
     if data.shape[0] == 0:
         raise AudioRejected(path, "empty audio: no samples")
     # Some containers do not store a frame count in the header; check what was decoded.

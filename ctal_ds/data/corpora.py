@@ -1,4 +1,5 @@
-"""Readers for the corpora users have: LibriSpeech, IEMOCAP, CMU-MOSEI (MMSA) and JSONL.
+"""Readers for the corpora users have: LibriSpeech, IEMOCAP, CMU-MOSEI (MMSA), JSONL and
+lhotse manifests (cuts, or recordings + supervisions).
 
 Each reader returns a :class:`CorpusScan`. Accounting rule, the same for every reader:
 an *input* is an utterance named anywhere in the corpus (a transcript line, a label line,
@@ -8,7 +9,8 @@ record or as a rejection whose reason starts with one of the classes below, so
 
 Rejection reason classes (text before the first ':'):
   missing audio, empty audio, unreadable audio, missing transcript, empty transcript,
-  malformed line, unreadable file, duplicate id, bad label, unlabelled, excluded label
+  malformed line, unreadable file, duplicate id, bad label, unlabelled, excluded label,
+  bad segment, multi-channel audio, unsupported audio (the last three: lhotse only)
 """
 
 from __future__ import annotations
@@ -346,6 +348,340 @@ def read_jsonl(path: str | os.PathLike, probe_audio: bool = False) -> CorpusScan
     return scan
 
 
+# --------------------------------------------------------------------------- lhotse
+
+LHOTSE_ROLES = ("cuts", "recordings", "supervisions")
+_LHOTSE_ROLE = re.compile(r"(?:^|[_.-])(cuts|recordings|supervisions)(?=[_.-]|$)")
+# How far a segment may end past its recording's duration and be cut at the end instead
+# of refused: lhotse's own default tolerance between a manifest's duration and the audio.
+LHOTSE_DURATION_TOLERANCE_S = 0.025
+# Recording transforms whose effect the reader reproduces: every file is resampled to the
+# feature rate anyway, and offsets are in seconds.
+_LHOTSE_KEPT_TRANSFORMS = ("Resample",)
+
+
+def _manifest_stem(path: Path) -> str | None:
+    """The name of a ``.jsonl`` / ``.jsonl.gz`` file without that suffix, else None."""
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def lhotse_role(path: str | os.PathLike) -> str | None:
+    """``cuts``, ``recordings`` or ``supervisions`` for a lhotse manifest file named like
+    one (``librispeech_supervisions_dev-clean.jsonl.gz``, ``cuts.jsonl``), or None."""
+    stem = _manifest_stem(Path(path))
+    match = _LHOTSE_ROLE.search(stem) if stem is not None else None
+    return match.group(1) if match else None
+
+
+def _iter_manifest_lines(path: Path, scan: CorpusScan):
+    """(line number, text) of a plain or gzipped manifest; a file that cannot be read to
+    its end is a rejection naming the last line read (the lines before it are kept)."""
+    import gzip
+
+    n = 0
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):  # noqa: B007 - n is reported on failure
+                yield n, line
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        where = f"after line {n}" if n else "at its start"
+        scan.reject(str(path), f"unreadable file: {where}: {type(err).__name__}: {err}")
+
+
+def _sniff_lhotse(path: Path) -> str | None:
+    """The lhotse manifest type of the first object in ``path``; ``""`` for an object of
+    another kind (a plain JSONL manifest's has ``audio``); None when there is no object."""
+    scratch = CorpusScan(corpus="lhotse", root=str(path))
+    for _, line in _iter_manifest_lines(path, scratch):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(obj, dict) or "audio" in obj:
+            return ""
+        if "supervisions" in obj or obj.get("type") in ("MonoCut", "MultiCut", "MixedCut", "PaddingCut"):
+            return "cuts"
+        if "sources" in obj and "sampling_rate" in obj:
+            return "recordings"
+        if "recording_id" in obj and "start" in obj and "duration" in obj:
+            return "supervisions"
+        return ""
+    return None
+
+
+def _json_objects(path: Path, scan: CorpusScan):
+    """(source, object) of each parseable line; the others become malformed-line rejections."""
+    for n, line in _iter_manifest_lines(path, scan):
+        if not line.strip():
+            continue
+        source = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            scan.reject(source, f"malformed line: invalid JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(obj, dict):
+            scan.reject(source, f"malformed line: expected an object, got {type(obj).__name__}")
+            continue
+        yield source, obj
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _lhotse_audio(recording: dict, manifest: Path) -> tuple[Path, float] | str:
+    """(audio file, duration in seconds) of a lhotse Recording, or why it cannot be read.
+
+    A relative source is taken from the working directory, as lhotse takes it, and from
+    the manifest's folder when no such file is there."""
+    rec_id = recording.get("id")
+    sources = recording.get("sources")
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, dict) for s in sources):
+        return f"malformed line: recording {rec_id!r} has no sources list"
+    kinds = sorted({str(s.get("type")) for s in sources})
+    if kinds != ["file"]:
+        return f"unsupported audio: recording {rec_id!r} has source type(s) {kinds}; only 'file' is read"
+    channels = [c for s in sources for c in (s.get("channels") or [0])]
+    if len(channels) > 1 or len(sources) > 1:
+        return f"multi-channel audio: recording {rec_id!r} has channels {channels}; one channel is read"
+    transforms = [t.get("name") if isinstance(t, dict) else t for t in recording.get("transforms") or []]
+    unsupported = [t for t in transforms if t not in _LHOTSE_KEPT_TRANSFORMS]
+    if unsupported:
+        return f"unsupported audio: recording {rec_id!r} has transforms {unsupported}"
+    source = sources[0].get("source")
+    if not isinstance(source, str) or not source:
+        return f"malformed line: recording {rec_id!r} has no source path"
+    duration = recording.get("duration")
+    if not _is_number(duration) and _is_number(recording.get("num_samples")) and _is_number(
+        recording.get("sampling_rate")
+    ):
+        duration = recording["num_samples"] / recording["sampling_rate"]
+    if not _is_number(duration) or duration <= 0:
+        return f"malformed line: recording {rec_id!r} has no positive duration"
+    audio = Path(source)
+    if not audio.is_absolute():
+        audio = Path(os.path.abspath(audio)) if audio.is_file() else manifest.parent / audio
+    return audio, float(duration)
+
+
+def _lhotse_record(
+    scan: CorpusScan,
+    source: str,
+    sup: dict,
+    recording: dict,
+    offset: float,
+    manifest: Path,
+    split: str,
+    extra_labels: dict,
+    probe_audio: bool,
+) -> None:
+    """The record of one supervision of ``recording``, or its rejection. ``offset`` is
+    where the supervision's time 0 lies in the recording (a cut's start)."""
+    sup_id = sup["id"]
+    text = sup.get("text")
+    if text is None:
+        scan.reject(source, "missing transcript: the supervision has no text", sup_id)
+        return
+    if not isinstance(text, str):
+        scan.reject(source, f"malformed line: text is a {type(text).__name__}, not a string", sup_id)
+        return
+    text = " ".join(text.split())
+    if not text:
+        scan.reject(source, "empty transcript", sup_id)
+        return
+    found = _lhotse_audio(recording, manifest)
+    if isinstance(found, str):
+        scan.reject(source, found, sup_id)
+        return
+    audio, rec_duration = found
+    start, duration = offset + float(sup["start"]), float(sup["duration"])
+    end = start + duration
+    if start < 0 or duration <= 0 or start >= rec_duration or end > rec_duration + LHOTSE_DURATION_TOLERANCE_S:
+        scan.reject(source, f"bad segment: {start:g} s to {end:g} s of recording {recording.get('id')!r}, "
+                            f"which lasts {rec_duration:g} s", sup_id)  # fmt: skip
+        return
+    duration = min(duration, rec_duration - start)
+    custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
+    labels = {k: sup[k] for k in ("language", "gender") if sup.get(k) is not None}
+    labels.update(extra_labels)
+    labels.update(custom)
+    record_split = str(labels.pop("split", None) or split)
+    rate = recording.get("sampling_rate") if _is_number(recording.get("sampling_rate")) else 16000
+    whole = start == 0 and abs(duration - rec_duration) < 0.5 / rate
+    record = Record(
+        sup_id, str(audio), text, str(sup.get("speaker") or "unknown"), record_split, labels,
+        offset=0.0 if whole else start, duration=None if whole else duration,
+    )  # fmt: skip
+    problem = _audio_problem(audio, probe_audio)
+    if problem:
+        scan.reject(source, problem, sup_id)
+    else:
+        scan.records.append(record)
+
+
+def _supervision_problem(sup: dict) -> str | None:
+    if not isinstance(sup.get("id"), str) or not sup["id"]:
+        return "malformed line: supervision without a string id"
+    bad = [k for k in ("start", "duration") if not _is_number(sup.get(k))]
+    if bad:
+        return f"malformed line: supervision {sup['id']!r} has no numeric {bad}"
+    return None
+
+
+def _lhotse_split(path: Path, role: str) -> str:
+    """The part of a manifest's name after its role: ``x_cuts_dev-clean.jsonl.gz`` -> ``dev-clean``."""
+    stem = _manifest_stem(path) or path.name
+    match = _LHOTSE_ROLE.search(stem)
+    return stem[match.end():].strip("_.-") if match and match.group(1) == role else ""
+
+
+def _read_lhotse_pair(scan: CorpusScan, recordings_file: Path, supervisions_file: Path, probe_audio: bool) -> None:
+    recordings: dict[str, tuple[dict, str]] = {}
+    for source, obj in _json_objects(recordings_file, scan):
+        rec_id = obj.get("id")
+        if not isinstance(rec_id, str) or not rec_id:
+            scan.reject(source, "malformed line: recording without a string id")
+        elif rec_id in recordings:
+            scan.reject(source, f"duplicate id: recording {rec_id} (also {recordings[rec_id][1]})", rec_id)
+        else:
+            recordings[rec_id] = (obj, source)
+    split = _lhotse_split(supervisions_file, "supervisions")
+    seen: set[str] = set()
+    used: set[str] = set()
+    for source, sup in _json_objects(supervisions_file, scan):
+        problem = _supervision_problem(sup)
+        if problem:
+            scan.reject(source, problem, sup.get("id") if isinstance(sup.get("id"), str) else None)
+            continue
+        if sup["id"] in seen:
+            scan.reject(source, f"duplicate id: {sup['id']}", sup["id"])
+            continue
+        seen.add(sup["id"])
+        rec_id = sup.get("recording_id")
+        if rec_id not in recordings:
+            scan.reject(source, f"missing audio: no recording {rec_id!r} in {recordings_file}", sup["id"])
+            continue
+        used.add(rec_id)
+        _lhotse_record(scan, source, sup, recordings[rec_id][0], 0.0, supervisions_file, split, {}, probe_audio)
+    for rec_id, (_, source) in recordings.items():
+        if rec_id not in used:
+            scan.reject(source, f"missing transcript: no supervision of recording {rec_id} in {supervisions_file}",
+                        rec_id)  # fmt: skip
+
+
+def _read_lhotse_cuts(scan: CorpusScan, cuts_file: Path, probe_audio: bool) -> None:
+    split = _lhotse_split(cuts_file, "cuts")
+    seen: set[str] = set()
+    for source, cut in _json_objects(cuts_file, scan):
+        cut_id = cut.get("id") if isinstance(cut.get("id"), str) else None
+        kind = cut.get("type", "MonoCut")
+        recording = cut.get("recording")
+        if kind == "MultiCut":
+            problem = f"multi-channel audio: cut {cut_id!r} is a MultiCut; one channel is read"
+        elif kind != "MonoCut":
+            problem = f"unsupported audio: cut {cut_id!r} is a {kind}; MonoCut is read"
+        elif cut_id is None or not _is_number(cut.get("start")):
+            problem = "malformed line: cut without a string id or a numeric start"
+        elif not isinstance(recording, dict):
+            problem = f"missing audio: cut {cut_id!r} has no recording"
+        else:
+            problem = None
+        sups = cut.get("supervisions") if isinstance(cut.get("supervisions"), list) else []
+        if not sups:
+            scan.reject(source, problem or f"missing transcript: cut {cut_id!r} has no supervision", cut_id)
+            continue
+        # Each supervision is an input: a problem of the cut is a rejection of each.
+        custom = cut.get("custom") if isinstance(cut.get("custom"), dict) else {}
+        for sup in sups:
+            sup_problem = _supervision_problem(sup) if isinstance(sup, dict) else "malformed line: supervision not an object"
+            sup_id = sup.get("id") if isinstance(sup, dict) and isinstance(sup.get("id"), str) else None
+            if sup_problem or problem:
+                scan.reject(source, problem or f"{sup_problem} (cut {cut_id!r})", sup_id or cut_id)
+            elif sup_id in seen:
+                scan.reject(source, f"duplicate id: {sup_id} (cut {cut_id!r})", sup_id)
+            else:
+                seen.add(sup_id)
+                _lhotse_record(scan, source, sup, recording, float(cut["start"]), cuts_file, split, custom, probe_audio)
+
+
+def _partner(path: Path, role: str, other: str) -> Path:
+    stem = _manifest_stem(path)
+    match = _LHOTSE_ROLE.search(stem)
+    partner_stem = stem[: match.start(1)] + other + stem[match.end(1):]
+    for suffix in (".jsonl.gz", ".jsonl"):
+        candidate = path.with_name(partner_stem + suffix)
+        if candidate.is_file():
+            return candidate
+    raise CorpusError(f"{path}: a lhotse {role} manifest needs its {other} manifest "
+                      f"{partner_stem}.jsonl[.gz] beside it; none found")  # fmt: skip
+
+
+def lhotse_manifests(path: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """(cut manifests, (recordings, supervisions) pairs) that ``path`` names: one manifest
+    file (a recordings or supervisions file brings its partner) or a folder of them."""
+    path = Path(path)
+    if path.is_file():
+        role = _sniff_lhotse(path) or lhotse_role(path)
+        if role == "cuts":
+            return [path], []
+        if role == "recordings":
+            return [], [(path, _partner(path, "recordings", "supervisions"))]
+        if role == "supervisions":
+            return [], [(_partner(path, "supervisions", "recordings"), path)]
+        raise CorpusError(f"{path}: not a lhotse cuts, recordings or supervisions manifest")
+    if not path.is_dir():
+        raise CorpusError(f"{path}: no such file or folder")
+    found: dict[str, list[Path]] = {role: [] for role in LHOTSE_ROLES}
+    for p in sorted(path.iterdir()):
+        role = lhotse_role(p) if p.is_file() else None
+        if role:
+            found[role].append(p)
+    if found["cuts"] and (found["recordings"] or found["supervisions"]):
+        raise CorpusError(
+            f"{path}: holds both cut manifests {[p.name for p in found['cuts']]} and recording/supervision "
+            "manifests, which name the same utterances; point at one manifest file"
+        )
+    pairs = [(_partner(sup, "supervisions", "recordings"), sup) for sup in found["supervisions"]]
+    paired = {rec for rec, _ in pairs}
+    lone = [p.name for p in found["recordings"] if p not in paired]
+    if lone:
+        raise CorpusError(f"{path}: recordings manifest(s) {lone} have no supervisions manifest beside them")
+    if not found["cuts"] and not pairs:
+        raise CorpusError(f"{path}: no lhotse manifests (*cuts*.jsonl[.gz], *_recordings*/*_supervisions*.jsonl[.gz])")
+    return found["cuts"], pairs
+
+
+def read_lhotse(path: str | os.PathLike, probe_audio: bool = False) -> CorpusScan:
+    """lhotse manifests: a CutSet (MonoCuts) or a RecordingSet + SupervisionSet pair, as
+    ``.jsonl`` or ``.jsonl.gz``; ``path`` is one manifest or a folder of them.
+
+    Each supervision is an input and becomes a record: id, text and speaker from the
+    supervision; its ``language``, ``gender``, the cut's and its own ``custom`` fields
+    become labels (``custom["split"]`` is the split, else the manifest name's part after
+    ``cuts_`` / ``supervisions_``, e.g. ``dev-clean``). The audio is the supervision's
+    span of the recording (a cut's supervision starts at the cut's start), cut out of
+    the file when it is not the whole of it. Also inputs: unparseable lines, cuts without
+    supervisions and recordings no supervision names. Rejected: a supervision whose
+    recording is absent, has several channels, a non-file source or transforms other
+    than Resample, or which it does not fit in; a missing audio file; an empty text.
+    """
+    path = Path(path)
+    scan = CorpusScan(corpus="lhotse", root=str(path))
+    cuts, pairs = lhotse_manifests(path)
+    for recordings_file, supervisions_file in pairs:
+        _read_lhotse_pair(scan, recordings_file, supervisions_file, probe_audio)
+    for cuts_file in cuts:
+        _read_lhotse_cuts(scan, cuts_file, probe_audio)
+    return scan
+
+
 # --------------------------------------------------------------------------- dispatch
 
 READERS = {
@@ -353,15 +689,21 @@ READERS = {
     "iemocap": read_iemocap,
     "mosei": read_mosei,
     "jsonl": read_jsonl,
+    "lhotse": read_lhotse,
 }
 
 
 def detect_kind(path: str | os.PathLike) -> str:
     path = Path(path)
     if path.is_file():
+        if _manifest_stem(path) is not None:
+            # The first object decides; a name like x_supervisions.jsonl only where there is none.
+            sniffed = _sniff_lhotse(path)
+            if sniffed or (sniffed is None and lhotse_role(path)):
+                return "lhotse"
         if path.suffix in (".jsonl", ".json"):
             return "jsonl"
-        raise CorpusError(f"{path}: a file corpus must be a .jsonl manifest")
+        raise CorpusError(f"{path}: a file corpus must be a .jsonl manifest or a lhotse .jsonl[.gz] manifest")
     if not path.is_dir():
         raise CorpusError(f"{path}: no such file or folder")
     if any(path.glob("Session[1-5]")):
@@ -370,9 +712,11 @@ def detect_kind(path: str | os.PathLike) -> str:
         return "mosei"
     if any(path.glob("*/*/*/*.trans.txt")) or any(path.glob("*/*/*.trans.txt")):
         return "librispeech"
+    if any(p.is_file() and lhotse_role(p) for p in path.iterdir()):
+        return "lhotse"
     layouts = [p.name for p in sorted(path.iterdir()) if p.is_dir()]
     raise CorpusError(
-        f"{path}: not a LibriSpeech, IEMOCAP or MOSEI layout; sub-folders: {layouts[:10]}"
+        f"{path}: not a LibriSpeech, IEMOCAP, MOSEI or lhotse layout; sub-folders: {layouts[:10]}"
         " (point at one corpus, e.g. <demo>/librispeech)"
     )
 

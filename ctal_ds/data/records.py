@@ -23,6 +23,8 @@ class Record:
               MOSEI ``train``/``valid``/``test``, manifest value or ``""``).
     labels:   task labels, e.g. ``{"emotion": "ang", "session": 1}``,
               ``{"sentiment": -1.2}``, ``{"gender": "F"}``.
+    offset, duration: the segment of ``audio`` the utterance is, in seconds (a lhotse
+              supervision inside a longer recording); ``0.0`` and ``None``: the whole file.
     """
 
     id: str
@@ -31,6 +33,15 @@ class Record:
     speaker: str
     split: str = ""
     labels: dict[str, Any] = dataclasses.field(default_factory=dict)
+    offset: float = 0.0
+    duration: float | None = None
+
+    @property
+    def segment(self) -> list[float] | None:
+        """``[offset, duration]`` of a segment, None for a whole file."""
+        if self.offset == 0.0 and self.duration is None:
+            return None
+        return [self.offset, self.duration]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

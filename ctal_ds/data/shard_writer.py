@@ -185,6 +185,8 @@ def sample_meta(item: ShardItem, n_samples: int, n_frames: int, sample_rate: int
         "n_frames": n_frames,
         "source": item.source,
         "labels": r.labels,
+        # Only for a segment of a longer file, so whole-file samples keep their bytes.
+        **({"segment": r.segment} if r.segment else {}),
     }
 
 
@@ -209,7 +211,8 @@ def _featurise(batch, task: ShardTask, rejections: list[Rejection]):
     loaded: list[tuple[ShardItem, np.ndarray]] = []
     for item in batch:
         try:
-            loaded.append((item, load_audio(item.record.audio, task.features)))
+            r = item.record
+            loaded.append((item, load_audio(r.audio, task.features, r.offset, r.duration)))
         except AudioRejected as err:
             rejections.append(Rejection(item.record.audio, err.reason, item.record.id))
     extract = extract_logmel_batch if feature_encoding.stores_logmel(task.encoding) else extract_batch

@@ -178,6 +178,8 @@ def _fingerprint(items, features: FeatureConfig, config: ShardConfig) -> str:
         "items": [
             [i.key, i.record.audio, i.record.text, i.record.speaker, i.record.split,
              i.record.labels, i.source, list(i.tokens)]
+            # A segment only where there is one: whole-file shards keep their fingerprint.
+            + ([i.record.segment] if i.record.segment else [])
             for i in items
         ],
     }

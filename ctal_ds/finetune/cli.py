@@ -69,6 +69,11 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--run-name")
     run.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite in --out")
     run.add_argument("--flush-every", type=int, default=50)
+    run.add_argument("--register-model", metavar="NAME",
+                     help="register each split's export (logged into its run as an MLflow pyfunc model) "
+                          "as a new version of this registered model")
+    run.add_argument("--no-system-metrics", action="store_true",
+                     help="do not sample MLflow system metrics (CPU, memory, disk, network, GPU) every 10 s")
 
 
 def add_head_arguments(p: argparse.ArgumentParser) -> None:
@@ -132,7 +137,8 @@ def config_from_args(args: argparse.Namespace, **changes) -> FinetuneConfig:
         checkpoint=CheckpointConfig(save_every=0, keep_last=values["keep_last"], resume=values["resume"]),
         tracking=TrackingConfig(
             experiment=values["experiment"], run_name=values["run_name"], uri=values["tracking_uri"],
-            flush_every=values["flush_every"],
+            flush_every=values["flush_every"], register_model=values["register_model"],
+            system_metrics=not values["no_system_metrics"],
         ),  # fmt: skip
         health=HealthConfig(),
         report=ReportSettings(

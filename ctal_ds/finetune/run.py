@@ -294,6 +294,7 @@ def _finish_split(task: FinetuneTask, tracker: Any, result: SplitResult, report:
     for path in [*report.artifacts, result.out / RESULTS, *([png] if png else [])]:
         tracker.log_artifact(path, "results")
     tracker.log_artifact(export, "model")
+    tracker.log_model(export)
     tracker.finish("FINISHED")
 
 

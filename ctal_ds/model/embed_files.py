@@ -1,14 +1,17 @@
 """Embeddings of many audio files with a model directory (the work of launch/embed.py).
 
 Inputs are a folder of audio files (searched recursively; the id of ``a/b.wav`` is
-``a/b``; ``a/b.txt`` beside it, when present, is its transcript) or a JSONL manifest of
+``a/b``; ``a/b.txt`` beside it, when present, is its transcript), a JSONL manifest of
 ``{"id", "audio", "text"}`` objects (``text`` optional; relative audio paths are taken
-from the manifest's folder). Without a transcript the text is ``""`` (``<s> </s>``, see
-``ctal_ds.model.processor``).
+from the manifest's folder) or lhotse manifests (a CutSet, or a RecordingSet +
+SupervisionSet pair, read by ``ctal_ds.data.corpora.read_lhotse``: one input per
+supervision, its span of the recording with its text). Without a transcript the text is
+``""`` (``<s> </s>``, see ``ctal_ds.model.processor``).
 
 Every input ends up once: embedded, or rejected with its reason (missing audio,
 unreadable audio, empty audio, non-finite audio, duplicate id, malformed line,
-unreadable transcript, failed). Recordings longer than the model's ``max_frames`` and
+unreadable transcript, failed; for lhotse also the reader's classes, e.g. bad segment,
+multi-channel audio). Recordings longer than the model's ``max_frames`` and
 transcripts longer than ``max_tokens`` are cropped, with a warning naming the id.
 """
 
@@ -39,6 +42,9 @@ class Item:
     id: str
     audio: str
     text: str
+    # The segment of ``audio`` in seconds (a lhotse supervision); 0.0 and None: the whole file.
+    offset: float = 0.0
+    duration: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +117,27 @@ def manifest_items(manifest: str | os.PathLike) -> tuple[list[Item], list[Reject
     return items, rejects
 
 
+def is_lhotse(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a lhotse manifest or a folder holding lhotse manifests."""
+    from ctal_ds.data.corpora import CorpusError, detect_kind
+
+    try:
+        return detect_kind(path) == "lhotse"
+    except CorpusError:
+        return False
+
+
+def lhotse_items(path: str | os.PathLike) -> tuple[list[Item], list[Reject]]:
+    """One item per supervision of lhotse manifests (a cuts, recordings or supervisions
+    file, or a folder of them); the reader's rejections name the manifest file and line."""
+    from ctal_ds.data.corpora import read_lhotse
+
+    scan = read_lhotse(path)
+    items = [Item(r.id, r.audio, r.text, r.offset, r.duration) for r in scan.records]
+    rejects = [Reject(r.id, None, f"{r.reason} ({r.source})") for r in scan.rejections]
+    return items, rejects
+
+
 def available_fields(model: torch.nn.Module) -> list[str]:
     """The fields ``model.embed`` returns per utterance, in output order."""
     fields = ["audio_pooled", "text_pooled"]
@@ -133,6 +160,7 @@ class EmbedResult:
     ids: list[str]
     audio: list[str]
     texts: list[str]
+    segments: list[tuple[float, float | None]]
     columns: dict[str, list[Any]]
     rejects: list[Reject]
     warnings: list[str]
@@ -152,7 +180,7 @@ def embed_items(
     ``report(line)`` with each rejection and crop as it happens.
     """
     processor = model.processor
-    result = EmbedResult([], [], [], {f: [] for f in fields}, [], [])
+    result = EmbedResult([], [], [], [], {f: [] for f in fields}, [], [])
     say = report or (lambda line: None)
 
     def reject(item: Item, reason: str) -> None:
@@ -171,7 +199,7 @@ def embed_items(
                 reject(item, f"missing audio: {item.audio}")
                 continue
             try:
-                loaded.append((item, processor.load(item.audio)))
+                loaded.append((item, processor.load(item.audio, item.offset, item.duration)))
             except AudioRejected as err:
                 reject(item, err.reason)
         for item, wave in loaded:
@@ -191,6 +219,7 @@ def embed_items(
                 result.ids.append(item.id)
                 result.audio.append(item.audio)
                 result.texts.append(item.text)
+                result.segments.append((item.offset, item.duration))
                 for f in fields:
                     value = out[f][i]
                     if isinstance(value, torch.Tensor):
@@ -246,7 +275,9 @@ def write_npy(out: Path, result: EmbedResult, field: str) -> list[Path]:
 
 
 def write_parquet(out: Path, result: EmbedResult) -> list[Path]:
-    """One row per embedded utterance: id, audio, text and one column per field."""
+    """One row per embedded utterance: id, audio, text, ``offset`` and ``duration`` (seconds;
+    only when some input is a segment of its file, null for a whole file) and one column
+    per field."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -255,6 +286,10 @@ def write_parquet(out: Path, result: EmbedResult) -> list[Path]:
         "audio": pa.array(result.audio, pa.string()),
         "text": pa.array(result.texts, pa.string()),
     }
+    if any(segment != (0.0, None) for segment in result.segments):
+        whole = [segment == (0.0, None) for segment in result.segments]
+        columns["offset"] = pa.array([None if w else o for w, (o, _) in zip(whole, result.segments)], pa.float64())
+        columns["duration"] = pa.array([None if w else d for w, (_, d) in zip(whole, result.segments)], pa.float64())
     for name, values in result.columns.items():
         if name in VECTOR_FIELDS:
             width = len(values[0])

@@ -203,10 +203,11 @@ class CTALProcessor:
         # recordings are cropped to max_frames instead.
         return dataclasses.replace(self.feature_config, max_duration_s=math.inf)
 
-    def load(self, path: str | os.PathLike) -> np.ndarray:
-        """Mono float32 samples of an audio file at ``sample_rate``, read as shard
-        building reads it; raises ``ctal_ds.data.audio.AudioRejected`` with the reason."""
-        return load_audio(path, self._reader_config())
+    def load(self, path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+        """Mono float32 samples of an audio file (or of its segment from ``offset`` for
+        ``duration`` seconds) at ``sample_rate``, read as shard building reads it; raises
+        ``ctal_ds.data.audio.AudioRejected`` with the reason."""
+        return load_audio(path, self._reader_config(), offset, duration)
 
     def waveform(self, audio: Any, sampling_rate: int | None = None) -> np.ndarray:
         """Mono float32 samples at ``sample_rate`` of a path or of a waveform at

@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--run-name")
     track.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite in --out")
     track.add_argument("--flush-every", type=int, default=50)
+    track.add_argument("--register-model", metavar="NAME",
+                       help="register the final export (logged into the run as an MLflow pyfunc model) "
+                            "as a new version of this registered model")
+    track.add_argument("--no-system-metrics", action="store_true",
+                       help="do not sample MLflow system metrics (CPU, memory, disk, network, GPU) every 10 s")
     hang = p.add_argument_group("timeouts and hang watchdog (seconds)")
     hang.add_argument("--dist-init-timeout-s", type=float, default=TimeoutConfig.startup_s,
                       help="process-group rendezvous and rank map (default %(default)g)")
@@ -158,6 +163,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             run_name=args.run_name,
             uri=args.tracking_uri,
             flush_every=args.flush_every,
+            register_model=args.register_model,
+            system_metrics=not args.no_system_metrics,
         ),
         health=HealthConfig(max_skips_at_min_scale=args.max_skips_at_min_scale),
         timeouts=TimeoutConfig(startup_s=args.dist_init_timeout_s, collective_s=args.collective_timeout_s),

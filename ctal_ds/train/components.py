@@ -224,6 +224,7 @@ def finish_run(cfg: RunConfig, tracker: Any, outcome: Any, checkpointer: Any) ->
         )
         print(f"[ctal-ds] exported weights to {export_dir}", flush=True)
         tracker.log_artifact(export_dir, "model")
+        tracker.log_model(export_dir)
     if tracker.jsonl.is_file():
         keys = ("train/loss", "train/mlm_loss", "train/mcam_loss", "valid/loss", "train/lr", "perf/samples_per_s")
         png = plot_metrics(tracker.jsonl, cfg.out / "plots" / "training.png", keys)

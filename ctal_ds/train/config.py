@@ -89,6 +89,12 @@ class TrackingConfig:
     # None: MLFLOW_TRACKING_URI if set, else sqlite:///<out>/mlflow.db.
     uri: str | None = None
     flush_every: int = 50  # optimizer steps between batched metric uploads
+    # The export is logged into the run as an MLflow pyfunc model (ctal_ds.model.mlflow_model);
+    # with a name, it is also registered as a new version of that registered model.
+    register_model: str | None = None
+    # MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml) every 10 s,
+    # where psutil is installed: one background thread in the process that tracks.
+    system_metrics: bool = True
 
 
 @dataclass

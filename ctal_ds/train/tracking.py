@@ -12,6 +12,10 @@
   which is written on every log step either way.
 - Artifacts are small files (configs, tokenizer, plots, exported weights). ZeRO
   shards are never uploaded; their paths and hashes go in as tags.
+- An export is also logged as an MLflow pyfunc model (`log_model`), registered under
+  `register_model` when that is set.
+- MLflow's system metrics (`system/...`) are sampled by a background thread while the
+  run is open, where psutil is installed and `system_metrics` is on.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class NullTracker:
     def flush(self) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_model(self, export_dir: Path) -> Any: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -61,6 +66,7 @@ class Tracker(NullTracker):
         self._buffer: list[Any] = []
         self._last_flush_step = 0
         self._warned = False
+        self._monitor: Any = None
 
     @property
     def active(self) -> bool:
@@ -80,6 +86,7 @@ class Tracker(NullTracker):
         self._buffer.clear()
 
     def start(self, run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+        resumed = run_id is not None
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Param
@@ -106,7 +113,33 @@ class Tracker(NullTracker):
         except Exception as err:  # any failure of the tracking service must not stop training
             self.run_id = run_id
             self._disable("starting the run", err)
+            return self.run_id
+        self._start_system_metrics(resumed)
         return self.run_id
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        import importlib.util
+
+        if self.client is None or not self.cfg.system_metrics or importlib.util.find_spec("psutil") is None:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as err:  # system metrics are a convenience: never a reason to stop
+            self._monitor = None
+            print(f"[ctal-ds] WARNING: MLflow system metrics are off: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def _stop_system_metrics(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception as err:
+                print(f"[ctal-ds] WARNING: stopping MLflow system metrics: {type(err).__name__}: {err}",
+                      file=sys.stderr, flush=True)  # fmt: skip
 
     def _experiment_id(self, client: Any) -> str:
         experiment = client.get_experiment_by_name(self.cfg.experiment)
@@ -165,8 +198,29 @@ class Tracker(NullTracker):
         except Exception as err:
             self._disable(f"uploading {path}", err)
 
+    def log_model(self, export_dir: Path) -> Any:
+        """Log ``export_dir`` into the run as a pyfunc model (registered under
+        ``register_model`` when set); its ModelInfo, or None where it could not be logged
+        (a warning says why; the run goes on)."""
+        if self.client is None:
+            return None
+        from ctal_ds.model.mlflow_model import log_export
+
+        try:
+            info = log_export(export_dir, self.run_id, self.uri, self.cfg.register_model)
+        except Exception as err:
+            print(f"[ctal-ds] WARNING: logging {export_dir} as an MLflow model into run {self.run_id} at "
+                  f"{self.uri} failed: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return None
+        version = f", registered as {self.cfg.register_model} version {info.registered_model_version}" if (
+            self.cfg.register_model) else ""
+        print(f"[ctal-ds] logged {export_dir} as MLflow model {info.model_uri}{version}", flush=True)
+        return info
+
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
+        self._stop_system_metrics()
         if self.client is None:
             return
         try:

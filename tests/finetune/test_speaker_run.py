@@ -18,7 +18,8 @@ from ctal_ds.tasks.trials import read_trials
 def speaker_run(speaker_shards, tmp_path_factory, process_group):
     out = tmp_path_factory.mktemp("speaker") / "run"
     cfg = runs.finetune_config("speaker", speaker_shards, out, "--epochs", "2", "--variant", "tiny-scratch",
-                               "--task-setting", "dev_fraction=0.2", "--n-trials", "30")  # fmt: skip
+                               "--task-setting", "dev_fraction=0.2", "--n-trials", "30",
+                               "--register-model", "ctal-speaker")  # fmt: skip
     return finetune(cfg, process_group), out
 
 
@@ -74,6 +75,27 @@ def test_the_run_is_tracked_with_its_grouping_tags_metrics_and_artifacts(speaker
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "results")}
     assert {"results/trials.txt", "results/tsne.png", "results/results.json"} <= artifacts
     assert json.loads((out / "results.json").read_text())["run_id"] == run.info.run_id
+
+
+def test_the_export_is_logged_into_the_run_as_a_registered_pyfunc_model(speaker_run, monkeypatch):
+    """Registration and the logged files; tests/model/test_mlflow_model.py runs predict (the
+    task shards here hold a placeholder tokenizer.json, which no processor can read)."""
+    import mlflow
+
+    _, out = speaker_run
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ctal-speaker").experiment_id])
+    (version,) = client.search_model_versions("name='ctal-speaker'")
+    assert (int(version.version), version.run_id) == (1, run.info.run_id)
+    model = mlflow.pyfunc.load_model("models:/ctal-speaker/1")
+    outputs = [c["name"] for c in model.metadata.get_output_schema().to_dict()]
+    assert outputs == ["audio_pooled", "text_pooled", "embedding", "probs", "label", "label_name", "speaker_embedding"]
+    export = out / "librispeech" / "export"
+    logged = model.unwrap_python_model().model.pretrained_dir
+    assert sorted(p.name for p in logged.iterdir()) == sorted(p.name for p in export.iterdir())
+    assert (logged / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
 
 
 def test_compare_prints_the_runs_of_the_store(speaker_run, tmp_path, capsys):

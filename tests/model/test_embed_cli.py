@@ -121,3 +121,57 @@ def test_a_fine_tuned_export_writes_its_task_outputs(export, folder, tmp_path):
         module.main(["--model", str(ft), "--audio-dir", str(folder), "--out", str(tmp_path / "x.npy"),
                      "--fields", "audio_pooled,label"])  # fmt: skip
     assert stop.value.code == 2
+
+
+@pytest.mark.slow
+def test_lhotse_manifests_embed_each_supervision_with_its_text(export, tmp_path):
+    lhotse = pytest.importorskip("lhotse")
+    long = tmp_path / "long.wav"
+    sf.write(long, voiced(2.0, 16000, 150.0, seed=4), 16000)
+    sf.write(tmp_path / "stereo.wav", np.stack([voiced(0.6, 16000, 200.0, seed=5)] * 2, axis=1), 16000)
+    rec = lhotse.Recording.from_file(str(long))
+    stereo = lhotse.Recording.from_file(str(tmp_path / "stereo.wav"))
+    sups = [
+        lhotse.SupervisionSegment("seg-a", rec.id, start=0.2, duration=0.7, channel=0, text=TEXTS[0], speaker="x"),
+        lhotse.SupervisionSegment("seg-b", rec.id, start=1.0, duration=0.9, channel=0, text=TEXTS[1], speaker="y"),
+        lhotse.SupervisionSegment("two", stereo.id, start=0.0, duration=0.6, channel=0, text=TEXTS[2]),
+        lhotse.SupervisionSegment("orphan", "nowhere", start=0.0, duration=0.5, channel=0, text="lost"),
+    ]
+    recordings = lhotse.RecordingSet.from_recordings([rec, stereo])
+    supervisions = lhotse.SupervisionSet.from_segments(sups)
+    recordings.to_file(tmp_path / "x_recordings.jsonl.gz")
+    supervisions.to_file(tmp_path / "x_supervisions.jsonl.gz")
+    cuts = lhotse.CutSet.from_manifests(recordings=recordings, supervisions=supervisions).trim_to_supervisions(
+        keep_overlapping=False, keep_all_channels=True)
+    (tmp_path / "cuts").mkdir()
+    cuts.to_file(tmp_path / "cuts" / "x_cuts.jsonl")
+
+    out = tmp_path / "pair.parquet"
+    done = run_cli("--model", str(export), "--lhotse", str(tmp_path / "x_supervisions.jsonl.gz"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "embedded 2 of 4 inputs" in done.stdout
+    rejects = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "pair.rejects.jsonl").read_text().splitlines())}
+    assert rejects["two"].startswith("multi-channel audio") and rejects["orphan"].startswith("missing audio")
+    assert "x_supervisions.jsonl.gz:" in rejects["orphan"]  # file and line
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["id"], r["text"], r["offset"], r["duration"]) for r in rows] == [
+        ("seg-a", TEXTS[0], 0.2, 0.7), ("seg-b", TEXTS[1], 1.0, 0.9)]
+
+    model = CTALModel.from_pretrained(export)
+    by_id = {c.supervisions[0].id: c for c in cuts}
+    for row in rows:
+        wave = by_id[row["id"]].load_audio()[0]  # lhotse's own cut of the recording
+        alone = model.embed(audio=wave, sampling_rate=16000, text=row["text"])
+        for field in ("audio_pooled", "text_pooled"):
+            np.testing.assert_allclose(row[field], alone[field].numpy(), atol=1e-5)
+    whole = model.embed(audio=long, text=TEXTS[0])["audio_pooled"].numpy()
+    assert not np.allclose(rows[0]["audio_pooled"], whole, atol=1e-3)  # a segment, not the file
+
+    # A cut set given as --manifest is detected as lhotse and gives the same rows.
+    cut_out = tmp_path / "cuts.parquet"
+    done = run_cli("--model", str(export), "--manifest", str(tmp_path / "cuts" / "x_cuts.jsonl"), "--out", str(cut_out))
+    assert done.returncode == 0, done.stderr
+    cut_rows = pq.read_table(cut_out).to_pylist()
+    assert [r["id"] for r in cut_rows] == ["seg-a", "seg-b"]
+    for got, want in zip(cut_rows, rows):
+        np.testing.assert_allclose(got["audio_pooled"], want["audio_pooled"], atol=1e-6)

@@ -41,7 +41,8 @@ def launcher_run(demo_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("launcher") / "run"
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(h.free_port()),
            str(h.PRETRAIN), *h.pretrain_args(demo_shards, out, "--steps", "6", "--eval-every", "3",
-                                            "--save-every", "3", "--run-name", "launcher-test")]  # fmt: skip
+                                            "--save-every", "3", "--run-name", "launcher-test",
+                                            "--register-model", "ctal-demo")]  # fmt: skip
     result = subprocess.run(cmd, env=h.job_env(), cwd=h.REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return out, result.stdout + result.stderr
@@ -76,6 +77,13 @@ def test_deepspeed_launcher_trains_two_cpu_ranks_tracks_and_exports(launcher_run
     assert len(run.data.tags["checkpoint.latest_manifest_sha256"]) == 64
     assert not [t for t in run.data.tags if t.startswith("checkpoint.global_step")]
     assert "checkpoints/history.jsonl" in artifacts
+    # The export is also an MLflow pyfunc model of the run, registered as version 1.
+    (version,) = client.search_model_versions("name='ctal-demo'")
+    assert (int(version.version), version.run_id) == (1, run.info.run_id)
+    (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert logged.source_run_id == run.info.run_id and logged.name == "pyfunc"
+    assert version.source == f"models:/{logged.model_id}"
+    assert "registered as ctal-demo version 1" in text
     history = [json.loads(line) for line in (out / "checkpoints" / "history.jsonl").read_text().splitlines()]
     assert [h["tag"] for h in history][-1] == "global_step6"
     assert history[-1]["manifest_sha256"] == run.data.tags["checkpoint.latest_manifest_sha256"]
