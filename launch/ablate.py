@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a setting for one task, KEY one of {', '.join(TASK_OPTIONS)} (repeatable)")
     add_head_arguments(p)
     add_common_arguments(p)
+    # An ablation's fine-tunes are for comparison: their exports are kept on disk and as
+    # run artifacts, but logged as MLflow models only when asked (about 7 s per split).
+    p.add_argument("--log-models", dest="no_log_model", action="store_false",
+                   help="log every fine-tune's export as an MLflow model, as launch/finetune.py does")
+    p.set_defaults(no_log_model=True)
     return p
 
 

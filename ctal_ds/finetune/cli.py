@@ -72,6 +72,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--register-model", metavar="NAME",
                      help="register each split's export (logged into its run as an MLflow pyfunc model) "
                           "as a new version of this registered model")
+    run.add_argument("--no-log-model", action="store_true",
+                     help="do not log the exports as MLflow models (about 7 s and a copy of the weights "
+                          "per split); --register-model logs anyway")
     run.add_argument("--no-system-metrics", action="store_true",
                      help="do not sample MLflow system metrics (CPU, memory, disk, network, GPU) every 10 s")
 
@@ -138,7 +141,7 @@ def config_from_args(args: argparse.Namespace, **changes) -> FinetuneConfig:
         tracking=TrackingConfig(
             experiment=values["experiment"], run_name=values["run_name"], uri=values["tracking_uri"],
             flush_every=values["flush_every"], register_model=values["register_model"],
-            system_metrics=not values["no_system_metrics"],
+            log_model=not values["no_log_model"], system_metrics=not values["no_system_metrics"],
         ),  # fmt: skip
         health=HealthConfig(),
         report=ReportSettings(

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--register-model", metavar="NAME",
                        help="register the final export (logged into the run as an MLflow pyfunc model) "
                             "as a new version of this registered model")
+    track.add_argument("--no-log-model", action="store_true",
+                       help="do not log the export as an MLflow model; --register-model logs anyway")
     track.add_argument("--no-system-metrics", action="store_true",
                        help="do not sample MLflow system metrics (CPU, memory, disk, network, GPU) every 10 s")
     hang = p.add_argument_group("timeouts and hang watchdog (seconds)")
@@ -164,6 +166,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             uri=args.tracking_uri,
             flush_every=args.flush_every,
             register_model=args.register_model,
+            log_model=not args.no_log_model,
             system_metrics=not args.no_system_metrics,
         ),
         health=HealthConfig(max_skips_at_min_scale=args.max_skips_at_min_scale),

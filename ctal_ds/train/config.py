@@ -92,6 +92,8 @@ class TrackingConfig:
     # The export is logged into the run as an MLflow pyfunc model (ctal_ds.model.mlflow_model);
     # with a name, it is also registered as a new version of that registered model.
     register_model: str | None = None
+    # False: the export is not logged as a model (unless register_model names one).
+    log_model: bool = True
     # MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml) every 10 s,
     # where psutil is installed: one background thread in the process that tracks.
     system_metrics: bool = True

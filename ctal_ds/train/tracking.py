@@ -202,7 +202,7 @@ class Tracker(NullTracker):
         """Log ``export_dir`` into the run as a pyfunc model (registered under
         ``register_model`` when set); its ModelInfo, or None where it could not be logged
         (a warning says why; the run goes on)."""
-        if self.client is None:
+        if self.client is None or not (self.cfg.log_model or self.cfg.register_model):
             return None
         from ctal_ds.model.mlflow_model import log_export
 

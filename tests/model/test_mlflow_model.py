@@ -158,3 +158,33 @@ def test_a_second_log_registers_version_2_and_a_bad_input_names_its_row(exports,
         model.predict(pd.DataFrame({"audio": [rows[0]["audio"], "nowhere.wav"], "text": ["a", "b"]}))
     with pytest.raises(Exception, match="audio"):  # MLflow's schema check or predict's own
         model.predict(pd.DataFrame({"path": [rows[0]["audio"]]}))
+
+
+def test_log_model_off_logs_nothing_unless_a_name_is_to_be_registered(exports, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    for register, expect_model in ((None, False), ("ctal-tiny", True)):
+        cfg = TrackingConfig(experiment="exp", uri=uri, log_model=False, register_model=register, system_metrics=False)
+        tracker = Tracker(cfg, tmp_path / str(register))
+        run_id = tracker.start(None, {}, {})
+        info = tracker.log_model(exports["pretrain"])
+        tracker.finish("FINISHED")
+        experiment = client.get_run(run_id).info.experiment_id
+        models = client.search_logged_models(experiment_ids=[experiment])
+        assert (info is not None) is expect_model
+        assert [m.source_run_id for m in models if m.source_run_id == run_id] == ([run_id] if expect_model else [])
+
+
+def test_finetune_logs_its_models_by_default_and_an_ablation_only_when_asked():
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import ablate
+    finally:
+        sys.path.remove(str(REPO / "launch"))
+    from ctal_ds.finetune.cli import build_parser as finetune_parser
+
+    base = ["--task", "emotion", "--shards", "s", "--out", "o", "--scratch"]
+    assert finetune_parser().parse_args(base).no_log_model is False
+    assert finetune_parser().parse_args([*base, "--no-log-model"]).no_log_model is True
+    assert ablate.build_parser().parse_args(["--task", "emotion", "--out", "o"]).no_log_model is True
+    assert ablate.build_parser().parse_args(["--task", "emotion", "--out", "o", "--log-models"]).no_log_model is False
