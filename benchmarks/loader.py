@@ -37,7 +37,7 @@ Then, per feature encoding (--encodings; the same utterances stored each way):
                    masked positions), and the worker cores that takes at the rate above
   KB/audio s       shard bytes (tar files) per second of audio
   --profile        a worker's stages timed one after the other in this process, one
-                   torch thread: microseconds per real frame and share of the total
+                   torch thread: CPU microseconds per real frame and share of the total
 """
 
 from __future__ import annotations
@@ -337,14 +337,15 @@ def profile_stages(shards: Path, config: LoaderConfig, collator: PretrainCollato
 
 
 class _Laps:
-    """Calling it with a stage name adds the time since the previous call to that stage."""
+    """Calling it with a stage name adds the CPU time of this process (one torch thread:
+    of this thread) since the previous call to that stage."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
-        self.clock = time.perf_counter()
+        self.clock = time.process_time()
 
     def __call__(self, name: str) -> None:
-        now = time.perf_counter()
+        now = time.process_time()
         self.totals[name] = self.totals.get(name, 0.0) + now - self.clock
         self.clock = now
 
@@ -374,7 +375,7 @@ def print_profile(rows: dict[str, dict]) -> None:
     for r in rows.values():
         names += [n for n in r if n not in names and n != "frames"]
     encodings = list(rows)
-    print("\nprofile, one process, one torch thread, best of 3 (us per real frame, share of total)")
+    print("\nprofile, one process, one torch thread, best of 3 (CPU us per real frame, share of total)")
     print(f"{'stage':40}" + "".join(f"{e:>22}" for e in encodings))
     totals = {e: sum(v for k, v in rows[e].items() if k != "frames") for e in encodings}
     for name in names:

@@ -34,7 +34,10 @@ from ctal_ds.data.shard_reader import ShardSample
 # Batches are assembled in numpy and handed to torch once at the end, except for the
 # frame tensors: their float16 -> float32 conversion is a torch copy (numpy's is ten times
 # slower), and inside a DataLoader worker they are allocated in shared memory, where the
-# DataLoader would otherwise copy them to send them to the main process.
+# DataLoader would otherwise copy them to send them to the main process. Those copies
+# run on the calling thread alone (serial_copy): torch splits larger ones over its
+# threads, and on a loaded machine, or in the main process with num_workers=0, the
+# thread hand-offs cost more than the copies.
 
 
 def _pad_1d(rows: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -42,6 +45,26 @@ def _pad_1d(rows: Sequence[np.ndarray], value: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
+
+
+# Element count below which torch runs an element-wise kernel on the calling thread
+# (at::internal::GRAIN_SIZE).
+SERIAL_ELEMENTS = 32767
+
+
+def serial_copy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(src)`` (same shapes, any dtypes) on the calling thread alone: in
+    pieces along the leading dims too small for torch to split over threads."""
+    if torch.get_num_threads() == 1 or dst.numel() <= SERIAL_ELEMENTS:
+        return dst.copy_(src)
+    if dst.dim() > 2:
+        for d, s in zip(dst, src):
+            serial_copy(d, s)
+        return dst
+    rows = max(1, SERIAL_ELEMENTS // max(1, dst[0].numel()))
+    for start in range(0, dst.shape[0], rows):
+        dst[start : start + rows].copy_(src[start : start + rows])
+    return dst
 
 
 def _frame_tensor(shape: tuple[int, ...]) -> torch.Tensor:
@@ -65,9 +88,12 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
 def _pad_frames(rows: Sequence[np.ndarray]) -> torch.Tensor:
     """float32 [B, max T, D] of [T, D] rows, zeros past each row's end."""
     out = _frame_tensor((len(rows), max(r.shape[0] for r in rows), rows[0].shape[1]))
+    zeros = torch.zeros((1, 1), dtype=torch.float32)
     for i, row in enumerate(rows):
-        out[i, : row.shape[0]].copy_(_as_tensor(row))
-        out[i, row.shape[0] :].zero_()
+        serial_copy(out[i, : row.shape[0]], _as_tensor(row))
+        padding = out[i, row.shape[0] :]
+        if padding.numel():
+            serial_copy(padding, zeros.expand_as(padding))
     return out
 
 
@@ -125,7 +151,7 @@ class PretrainCollator:
     def __call__(self, samples: Sequence[ShardSample], epoch: int = 0) -> dict[str, Any]:
         batch = _base_batch(samples, self.pad_id, with_ids=False)
         targets = batch["audio_feats"]
-        batch["audio_feats"] = _frame_tensor(tuple(targets.shape)).copy_(targets)
+        batch["audio_feats"] = serial_copy(_frame_tensor(tuple(targets.shape)), targets)
         batch["mcam_targets"] = targets
         batch["input_ids"], batch["mlm_labels"] = self.mlm_batch(samples, epoch)
         batch["mcam_mask"] = self.mcam_batch(samples, epoch, batch["audio_feats"].numpy(), targets.numpy())

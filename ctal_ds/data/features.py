@@ -155,6 +155,11 @@ def _delta_weights(width: int) -> tuple[float, ...]:
     return (float(weights[half]), *(float(weights[half + k]) for k in range(-half, 0)))
 
 
+# Element count below which torch runs an element-wise kernel on the calling thread
+# (at::internal::GRAIN_SIZE).
+_SERIAL_ELEMENTS = 32767
+
+
 def derive_mel(mel, config: FeatureConfig, dtype):
     """Steps 3 and 4 on a float32 torch tensor [n_mels, T] (contiguous): the features as a
     C-contiguous [T, 2 n_mels] tensor of ``dtype`` (float32, or float16 rounded from the
@@ -163,11 +168,29 @@ def derive_mel(mel, config: FeatureConfig, dtype):
     The arithmetic is that of the reference path to the bit: the delta is scipy.ndimage's
     ``correlate1d`` for an antisymmetric kernel in mode ``nearest`` (``w_0 x_t + sum over
     k = -K..-1 of (x_{t+k} - x_{t-k}) w_k`` in float64, in that order, rounded to
-    float32), the sums of the mean and the variance are numpy's (pairwise, per dim over
-    the frames), and every other step is one IEEE float64 operation per element, done
-    with torch's vectorised kernels, which is where the time went in numpy and ndimage.
+    float32), the sums of the mean and the variance are numpy's (per dim over the
+    frames), and every other step is one IEEE float64 operation per element, done with
+    torch's vectorised kernels, which is where the time went in numpy and ndimage.
     ``tests/data/test_feature_encoding.py`` compares it with librosa's delta and numpy's
-    normalisation."""
+    normalisation. With more than one torch thread the mel bands are taken in blocks
+    small enough for torch to run each kernel on the calling thread (see
+    ``ctal_ds.data.collate.serial_copy`` for why).
+    """
+    import torch
+
+    n_mels, n = mel.shape
+    out = torch.empty((n, 2 * n_mels), dtype=dtype)
+    block = n_mels
+    if torch.get_num_threads() > 1:
+        block = max(1, _SERIAL_ELEMENTS // (2 * (n + config.delta_width)))
+    for first in range(0, n_mels, block):
+        bands = slice(first, min(n_mels, first + block))
+        _derive_bands(mel[bands], config, out[:, bands], out[:, n_mels + bands.start : n_mels + bands.stop])
+    return out
+
+
+def _derive_bands(mel, config: FeatureConfig, out_mel, out_delta) -> None:
+    """derive_mel for some mel bands [B, T]: writes their normalised log-mel and delta."""
     import torch
 
     n_mels, n = mel.shape
@@ -187,15 +210,15 @@ def derive_mel(mel, config: FeatureConfig, dtype):
         diff.mul_(weights[half + k + 1])
         delta.add_(diff)
     feats[n_mels:] = delta.to(torch.float32)  # the float32 delta, widened again
-    values = feats.numpy()
-    mean = np.add.reduce(values, axis=1) / n
+    mean = np.add.reduce(feats.numpy(), axis=1) / n
     feats.sub_(torch.from_numpy(mean)[:, None])  # centred in place
     squares = torch.mul(feats, feats)
     std = np.maximum(np.sqrt(np.add.reduce(squares.numpy(), axis=1) / n), config.norm_floor)
     feats.div_(torch.from_numpy(std)[:, None])
-    out = torch.empty((n, 2 * n_mels), dtype=dtype)
     # float16 is rounded from the float32 values, as the float32 features are rounded.
-    return out.copy_((feats if dtype == torch.float32 else feats.to(torch.float32)).t())
+    values = feats if out_mel.dtype == torch.float32 else feats.to(torch.float32)
+    out_mel.copy_(values[:n_mels].t())
+    out_delta.copy_(values[n_mels:].t())
 
 
 def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:

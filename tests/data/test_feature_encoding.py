@@ -465,3 +465,23 @@ def test_finetune_data_decodes_every_encoding(built):
         assert all(f.dtype == np.float16 and f.shape[1] == 160 for f in got.values())
         worst, mean = errors(got, {k: s.feats for k, s in reference.samples.items()})
         assert worst < BOUNDS[encoding][0] and mean < BOUNDS[encoding][1]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_derive_and_collation_are_the_same_with_any_number_of_torch_threads(threads):
+    """One thread: one pass over all bands (a worker); more: bands in blocks, copies in pieces."""
+    saved = torch.get_num_threads()
+    rng = np.random.default_rng(threads)
+    logmel = (rng.standard_normal((1300, 80)) * 2 - 8).astype(np.float32)
+    samples = [shard_reader.ShardSample(f"k{i}", "mem", derive(logmel[: 200 + 150 * i], FEATURES).astype(np.float16),
+                                        np.arange(5, 20, dtype=np.int32), {}) for i in range(5)]
+    collator = PretrainCollator(pad_id=PAD_ID, mask_id=MASK_ID, vocab_size=100)
+    try:
+        torch.set_num_threads(threads)
+        got, batch = derive(logmel, FEATURES), collator(samples)
+    finally:
+        torch.set_num_threads(saved)
+    assert got.tobytes() == reference_derive(logmel, FEATURES).tobytes()
+    for i, s in enumerate(samples):
+        assert np.array_equal(batch["mcam_targets"][i, : s.n_frames].numpy(), s.feats.astype(np.float32))
+        assert not batch["mcam_targets"][i, s.n_frames :].any() and not batch["audio_feats"][i, s.n_frames :].any()
