@@ -103,20 +103,16 @@ MUTANTS = (
         "mlm-labels-on-padding",
         "MLM labels padded with the pad id instead of the ignore index (loss on padding)",
         (Edit("ctal_ds/data/collate.py",
-              '        batch["mlm_labels"] = _pad_1d(mlm_labels, IGNORE_INDEX)\n',
-              '        batch["mlm_labels"] = _pad_1d(mlm_labels, self.pad_id)\n'),),
+              "        labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)\n",
+              "        labels = np.full(input_ids.shape, self.pad_id, dtype=np.int64)\n"),),
         ("tests/data/test_masking.py", "tests/model/test_pretraining.py"),
     ),
     Mutant(
         "mcam-on-padding",
         "MCAM segments drawn over the padded row, so padded frames get selected",
         (Edit("ctal_ds/data/collate.py",
-              "                frames, mask = self._mcam(s.feats, sample_rng(self.seed, epoch, s.key, MCAM_STREAM))\n"
-              '                batch["audio_feats"][i, : s.n_frames] = frames\n'
-              "                mcam_mask[i, : s.n_frames] = mask\n",
-              '                frames, mask = self._mcam(batch["audio_feats"][i], sample_rng(self.seed, epoch, s.key, MCAM_STREAM))\n'
-              '                batch["audio_feats"][i] = frames\n'
-              "                mcam_mask[i] = mask\n"),),
+              "            plan = self._mcam.plan(s.n_frames, sample_rng(self.seed, epoch, s.key, MCAM_STREAM))\n",
+              "            plan = self._mcam.plan(frames.shape[1], sample_rng(self.seed, epoch, s.key, MCAM_STREAM))\n"),),
         ("tests/data/test_masking.py", "tests/model/test_pretraining.py"),
     ),
     Mutant(

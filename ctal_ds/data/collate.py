@@ -10,6 +10,7 @@ collated in, and a resumed job reproduces it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -21,16 +22,22 @@ from ctal_ds.data.masking import (
     MCAM_STREAM,
     MLM_STREAM,
     PAD_ID,
+    REPLACE,
     SPECIAL_IDS,
+    ZERO,
     MCAMMasker,
     MLMMasker,
     sample_rng,
 )
 from ctal_ds.data.shard_reader import ShardSample
 
-# Batches are assembled in numpy and handed to torch once at the end: torch's
-# element-wise copies are multi-threaded, and on a loaded machine (or in the main
-# process with num_workers=0) the thread hand-offs cost more than the copies.
+# Batches are assembled in numpy and handed to torch once at the end, except for the
+# frame tensors: their float16 -> float32 conversion is a torch copy (numpy's is ten times
+# slower), and inside a DataLoader worker they are allocated in shared memory, where the
+# DataLoader would otherwise copy them to send them to the main process. Those copies
+# run on the calling thread alone (serial_copy): torch splits larger ones over its
+# threads, and on a loaded machine, or in the main process with num_workers=0, the
+# thread hand-offs cost more than the copies.
 
 
 def _pad_1d(rows: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -40,10 +47,53 @@ def _pad_1d(rows: Sequence[np.ndarray], value: int) -> np.ndarray:
     return out
 
 
-def _pad_frames(rows: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.zeros((len(rows), max(r.shape[0] for r in rows), rows[0].shape[1]), dtype=np.float32)
+# Element count below which torch runs an element-wise kernel on the calling thread
+# (at::internal::GRAIN_SIZE).
+SERIAL_ELEMENTS = 32767
+
+
+def serial_copy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(src)`` (same shapes, any dtypes) on the calling thread alone: in
+    pieces along the leading dims too small for torch to split over threads."""
+    if torch.get_num_threads() == 1 or dst.numel() <= SERIAL_ELEMENTS:
+        return dst.copy_(src)
+    if dst.dim() > 2:
+        for d, s in zip(dst, src):
+            serial_copy(d, s)
+        return dst
+    rows = max(1, SERIAL_ELEMENTS // max(1, dst[0].numel()))
+    for start in range(0, dst.shape[0], rows):
+        dst[start : start + rows].copy_(src[start : start + rows])
+    return dst
+
+
+def _frame_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor, in shared memory inside a DataLoader worker."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(4 * int(np.prod(shape)))
+    return torch.tensor([], dtype=torch.float32).set_(storage, 0, shape)
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory, only ever read from (decoded samples are
+    read-only views of the shard bytes, which torch.from_numpy warns about)."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _pad_frames(rows: Sequence[np.ndarray]) -> torch.Tensor:
+    """float32 [B, max T, D] of [T, D] rows, zeros past each row's end."""
+    out = _frame_tensor((len(rows), max(r.shape[0] for r in rows), rows[0].shape[1]))
+    zeros = torch.zeros((1, 1), dtype=torch.float32)
     for i, row in enumerate(rows):
-        out[i, : row.shape[0]] = row
+        serial_copy(out[i, : row.shape[0]], _as_tensor(row))
+        padding = out[i, row.shape[0] :]
+        if padding.numel():
+            serial_copy(padding, zeros.expand_as(padding))
     return out
 
 
@@ -52,12 +102,13 @@ def _lengths_mask(lengths: Sequence[int]) -> np.ndarray:
     return np.arange(int(lengths_np.max()))[None, :] < lengths_np[:, None]
 
 
-def _base_batch(samples: Sequence[ShardSample], pad_id: int) -> dict[str, Any]:
-    """The uncorrupted inputs every task shares, as numpy arrays (see _to_torch)."""
+def _base_batch(samples: Sequence[ShardSample], pad_id: int, with_ids: bool = True) -> dict[str, Any]:
+    """The uncorrupted inputs every task shares, as numpy arrays (see _to_torch);
+    ``audio_feats`` is already a tensor."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     return {
-        "input_ids": _pad_1d([s.tokens for s in samples], pad_id),
+        "input_ids": _pad_1d([s.tokens for s in samples], pad_id) if with_ids else None,
         "text_mask": _lengths_mask([len(s.tokens) for s in samples]),
         "audio_feats": _pad_frames([s.feats for s in samples]),
         "audio_mask": _lengths_mask([s.n_frames for s in samples]),
@@ -98,26 +149,46 @@ class PretrainCollator:
         object.__setattr__(self, "_mcam", mcam)
 
     def __call__(self, samples: Sequence[ShardSample], epoch: int = 0) -> dict[str, Any]:
-        batch = _base_batch(samples, self.pad_id)
-        batch["mcam_targets"] = batch["audio_feats"].copy()
-        input_ids, mlm_labels = [], []
-        for s in samples:
-            if self.mlm:
-                ids, labels = self._mlm(s.tokens, sample_rng(self.seed, epoch, s.key, MLM_STREAM))
-            else:
-                ids, labels = s.tokens, np.full(len(s.tokens), IGNORE_INDEX, dtype=np.int64)
-            input_ids.append(ids)
-            mlm_labels.append(labels)
-        batch["input_ids"] = _pad_1d(input_ids, self.pad_id)
-        batch["mlm_labels"] = _pad_1d(mlm_labels, IGNORE_INDEX)
-        mcam_mask = np.zeros_like(batch["audio_mask"])
-        if self.mcam:
-            for i, s in enumerate(samples):
-                frames, mask = self._mcam(s.feats, sample_rng(self.seed, epoch, s.key, MCAM_STREAM))
-                batch["audio_feats"][i, : s.n_frames] = frames
-                mcam_mask[i, : s.n_frames] = mask
-        batch["mcam_mask"] = mcam_mask
+        batch = _base_batch(samples, self.pad_id, with_ids=False)
+        targets = batch["audio_feats"]
+        batch["audio_feats"] = serial_copy(_frame_tensor(tuple(targets.shape)), targets)
+        batch["mcam_targets"] = targets
+        batch["input_ids"], batch["mlm_labels"] = self.mlm_batch(samples, epoch)
+        batch["mcam_mask"] = self.mcam_batch(samples, epoch, batch["audio_feats"].numpy(), targets.numpy())
         return _to_torch(batch)
+
+    def mlm_batch(self, samples: Sequence[ShardSample], epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, mlm_labels), int64 [B, max L], padded."""
+        input_ids = np.full((len(samples), max(len(s.tokens) for s in samples)), self.pad_id, dtype=np.int64)
+        labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)
+        for i, s in enumerate(samples):
+            if self.mlm:
+                ids, row = self._mlm(s.tokens, sample_rng(self.seed, epoch, s.key, MLM_STREAM))
+                labels[i, : len(row)] = row
+            else:
+                ids = s.tokens
+            input_ids[i, : len(ids)] = ids
+        return input_ids, labels
+
+    def mcam_batch(
+        self, samples: Sequence[ShardSample], epoch: int, frames: np.ndarray, targets: np.ndarray
+    ) -> np.ndarray:
+        """Corrupt ``frames`` [B, T, D] (a padded copy of ``targets``, the original frames)
+        in place by each sample's MCAM plan; returns the bool loss mask [B, T]. The same
+        corruption as ``MCAMMasker.__call__`` on each sample alone."""
+        mask = np.zeros(frames.shape[:2], dtype=bool)
+        if not self.mcam:
+            return mask
+        for i, s in enumerate(samples):
+            plan = self._mcam.plan(s.n_frames, sample_rng(self.seed, epoch, s.key, MCAM_STREAM))
+            c = plan.seg_len
+            for start, op, source in zip(plan.starts[plan.selected].tolist(), plan.ops.tolist(), plan.sources.tolist()):
+                mask[i, start : start + c] = True
+                if op == ZERO:
+                    frames[i, start : start + c] = 0.0
+                elif op == REPLACE:
+                    frames[i, start : start + c] = targets[i, source : source + c]
+        return mask
 
 
 LabelSource = str | Callable[[dict[str, Any]], Any]
@@ -156,7 +227,6 @@ class FinetuneCollator:
         return value
 
     def __call__(self, samples: Sequence[ShardSample], epoch: int = 0) -> dict[str, Any]:
-        batch = _base_batch(samples, self.pad_id)
-        batch = _to_torch(batch)
+        batch = _to_torch(_base_batch(samples, self.pad_id))
         batch["labels"] = torch.tensor([self._label_of(s) for s in samples], dtype=self.dtype)
         return batch

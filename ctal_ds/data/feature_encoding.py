@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from ctal_ds.data.features import FeatureConfig, derive
+from ctal_ds.data.features import FeatureConfig, derive, derive_mel
 
 __all__ = [
     "DEFAULT_ENCODING",
@@ -191,11 +191,20 @@ def encode(values: np.ndarray, encoding: str) -> dict[str, np.ndarray]:
 def decode(arrays: Mapping[str, np.ndarray], encoding: str, config: FeatureConfig) -> np.ndarray:
     """The float16 [T, 2 n_mels] features of one sample from its feature members.
 
-    float16-160 returns the stored array itself; the logmel encodings derive it.
+    float16-160 returns the stored array itself; the logmel encodings derive it: the
+    values of ``derive(dequantise(codes, affine), config).astype(np.float16)`` to the bit,
+    computed on the transposed [n_mels, T] log-mel (:func:`features.derive_mel`).
     """
     if check_encoding(encoding) == FLOAT16_160:
         return arrays[FEATS]
-    return derive(dequantise(arrays[LOGMEL], arrays[LOGMEL_AFFINE]), config).astype(np.float16)
+    import torch
+
+    codes = arrays[LOGMEL]
+    affine = np.asarray(arrays[LOGMEL_AFFINE], dtype=np.float32)
+    mel = np.empty((codes.shape[1], codes.shape[0]), dtype=np.float32)
+    np.multiply(codes.T, affine[1][:, None], out=mel, dtype=np.float32)
+    mel += affine[0][:, None]
+    return derive_mel(torch.from_numpy(mel), config, torch.float16).numpy()
 
 
 # --------------------------------------------------------------------------- manifest

@@ -126,27 +126,99 @@ def derive(logmel: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """Steps 3 and 4 of the definition: log-mel [T, n_mels] (any float dtype, or a
     transposed view of a [n_mels, T] array) -> float32 [T, 2 n_mels] features.
 
-    The log-mel is taken as float32 and the delta computed on the [n_mels, T] array
-    with ``librosa.feature.delta``, then the normalisation in float64, exactly as the
-    librosa backend computes the features from the float32 log-mel of its step 2: from
-    that log-mel the result is the same to the bit. Shards that store the log-mel
+    The values are those of ``librosa.feature.delta`` on the float32 [n_mels, T] log-mel
+    followed by the normalisation in float64, the way the librosa backend computes the
+    features from the float32 log-mel of its step 2: from that log-mel the result is the
+    same to the bit (see :func:`derive_mel`). Shards that store the log-mel
     (``ctal_ds.data.feature_encoding``) are decoded with it.
     """
-    import librosa
+    import torch
 
     logmel = np.asarray(logmel)
     if logmel.ndim != 2 or logmel.shape[1] != config.n_mels or logmel.shape[0] < 1:
         raise ValueError(f"expected log-mel [T>=1, {config.n_mels}], got shape {logmel.shape}")
-    mel = np.ascontiguousarray(logmel.T, dtype=np.float32)  # [M, T]
-    delta = librosa.feature.delta(mel, width=config.delta_width, order=1, axis=-1, mode="nearest")
-    feats = np.concatenate([mel, delta], axis=0).T.astype(np.float64)  # [T, 2M]
-    mean = feats.mean(axis=0)
-    std = np.maximum(feats.std(axis=0), config.norm_floor)
-    # In place: the element-wise results of (feats - mean) / std, without allocating
-    # (and page-faulting) two more [T, 2M] float64 arrays, most of the cost at 1000 frames.
-    feats -= mean
-    feats /= std
-    return feats.astype(np.float32)
+    mel = torch.from_numpy(np.ascontiguousarray(logmel.T, dtype=np.float32))
+    return derive_mel(mel, config, torch.float32).numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _delta_weights(width: int) -> tuple[float, ...]:
+    """The correlation weights ``librosa.feature.delta(width, order=1)`` filters with:
+    ``scipy.signal.savgol_coeffs(width, 1, deriv=1)`` reversed (``ndimage.convolve1d``
+    correlates with the reversed kernel), centre first, then offsets -K..-1."""
+    from scipy.signal import savgol_coeffs
+
+    weights = savgol_coeffs(width, 1, deriv=1)[::-1]
+    half = width // 2
+    if not all(abs(weights[half + k] + weights[half - k]) <= np.finfo(np.float64).eps for k in range(1, half + 1)):
+        raise RuntimeError(f"savgol delta weights of width {width} are not antisymmetric: {weights}")
+    return (float(weights[half]), *(float(weights[half + k]) for k in range(-half, 0)))
+
+
+# Element count below which torch runs an element-wise kernel on the calling thread
+# (at::internal::GRAIN_SIZE).
+_SERIAL_ELEMENTS = 32767
+
+
+def derive_mel(mel, config: FeatureConfig, dtype):
+    """Steps 3 and 4 on a float32 torch tensor [n_mels, T] (contiguous): the features as a
+    C-contiguous [T, 2 n_mels] tensor of ``dtype`` (float32, or float16 rounded from the
+    float32 values).
+
+    The arithmetic is that of the reference path to the bit: the delta is scipy.ndimage's
+    ``correlate1d`` for an antisymmetric kernel in mode ``nearest`` (``w_0 x_t + sum over
+    k = -K..-1 of (x_{t+k} - x_{t-k}) w_k`` in float64, in that order, rounded to
+    float32), the sums of the mean and the variance are numpy's (per dim over the
+    frames), and every other step is one IEEE float64 operation per element, done with
+    torch's vectorised kernels, which is where the time went in numpy and ndimage.
+    ``tests/data/test_feature_encoding.py`` compares it with librosa's delta and numpy's
+    normalisation. With more than one torch thread the mel bands are taken in blocks
+    small enough for torch to run each kernel on the calling thread (see
+    ``ctal_ds.data.collate.serial_copy`` for why).
+    """
+    import torch
+
+    n_mels, n = mel.shape
+    out = torch.empty((n, 2 * n_mels), dtype=dtype)
+    block = n_mels
+    if torch.get_num_threads() > 1:
+        block = max(1, _SERIAL_ELEMENTS // (2 * (n + config.delta_width)))
+    for first in range(0, n_mels, block):
+        bands = slice(first, min(n_mels, first + block))
+        _derive_bands(mel[bands], config, out[:, bands], out[:, n_mels + bands.start : n_mels + bands.stop])
+    return out
+
+
+def _derive_bands(mel, config: FeatureConfig, out_mel, out_delta) -> None:
+    """derive_mel for some mel bands [B, T]: writes their normalised log-mel and delta."""
+    import torch
+
+    n_mels, n = mel.shape
+    half = config.delta_width // 2
+    weights = _delta_weights(config.delta_width)
+    padded = torch.empty((n_mels, n + 2 * half), dtype=torch.float64)
+    padded[:, half : half + n] = mel
+    padded[:, :half] = padded[:, half : half + 1]
+    padded[:, half + n :] = padded[:, half + n - 1 : half + n]
+    centre = padded[:, half : half + n]
+    feats = torch.empty((2 * n_mels, n), dtype=torch.float64)
+    feats[:n_mels] = centre
+    delta = torch.mul(centre, weights[0])
+    diff = torch.empty_like(delta)
+    for k in range(-half, 0):
+        torch.sub(padded[:, half + k : half + k + n], padded[:, half - k : half - k + n], out=diff)
+        diff.mul_(weights[half + k + 1])
+        delta.add_(diff)
+    feats[n_mels:] = delta.to(torch.float32)  # the float32 delta, widened again
+    mean = np.add.reduce(feats.numpy(), axis=1) / n
+    feats.sub_(torch.from_numpy(mean)[:, None])  # centred in place
+    squares = torch.mul(feats, feats)
+    std = np.maximum(np.sqrt(np.add.reduce(squares.numpy(), axis=1) / n), config.norm_floor)
+    feats.div_(torch.from_numpy(std)[:, None])
+    # float16 is rounded from the float32 values, as the float32 features are rounded.
+    values = feats if out_mel.dtype == torch.float32 else feats.to(torch.float32)
+    out_mel.copy_(values[:n_mels].t())
+    out_delta.copy_(values[n_mels:].t())
 
 
 def _extract_librosa(waveform: np.ndarray, config: FeatureConfig) -> np.ndarray:

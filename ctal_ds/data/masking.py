@@ -96,7 +96,13 @@ class MLMMasker:
         replacements = np.setdiff1d(np.arange(self.vocab_size), np.asarray(list(self.special_ids)))
         if replacements.size == 0:
             raise ValueError(f"vocabulary of {self.vocab_size} ids has no non-special token")
-        object.__setattr__(self, "_specials", np.asarray(sorted(self.special_ids), dtype=np.int64))
+        specials = np.asarray(sorted(self.special_ids), dtype=np.int64)
+        object.__setattr__(self, "_specials", specials)
+        # special[id] for ids 0..max special: np.isin's result by one lookup (ids above it,
+        # and negative ones, are not special).
+        table = np.zeros(int(specials.max(initial=-1)) + 2, dtype=bool)
+        table[specials[specials >= 0]] = True
+        object.__setattr__(self, "_special_table", table)
         object.__setattr__(self, "_replacements", replacements.astype(np.int64))
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +111,8 @@ class MLMMasker:
         labels hold the original id at selected positions and IGNORE_INDEX elsewhere.
         """
         original = np.asarray(tokens, dtype=np.int64)
-        maskable = np.flatnonzero(~np.isin(original, self._specials))
+        table = self._special_table
+        maskable = np.flatnonzero(~table[np.clip(original, -1, table.size - 1)])
         selected = rng.permutation(maskable)[: _count_selected(maskable.size, self.prob, rng)]
         labels = np.full_like(original, IGNORE_INDEX)
         labels[selected] = original[selected]

@@ -29,7 +29,7 @@ from ctal_ds.data.feature_encoding import (
     derive,
     quantise,
 )
-from ctal_ds.data.features import FeatureConfig, extract, extract_logmel, mel_filterbank
+from ctal_ds.data.features import FeatureConfig, derive_mel, extract, extract_logmel, mel_filterbank
 from ctal_ds.data.loader import BatchConfig, LoaderConfig, build_pretrain_loader
 from ctal_ds.data.masking import MASK_ID, PAD_ID
 from ctal_ds.data.records import CorpusScan, Record
@@ -154,6 +154,58 @@ def test_float32_logmel_of_the_audio_derives_the_stored_float16_160_features(cor
             wave = load_audio(record.audio, FEATURES)
             derived = derive(extract_logmel(wave, FEATURES), FEATURES).astype(np.float16)
             np.testing.assert_array_equal(derived, stored[record.id])
+
+
+def reference_derive(logmel: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Steps 3 and 4 as written first: librosa's delta, numpy's float64 normalisation."""
+    import librosa
+
+    mel = np.ascontiguousarray(logmel.T, dtype=np.float32)
+    delta = librosa.feature.delta(mel, width=config.delta_width, order=1, axis=-1, mode="nearest")
+    feats = np.concatenate([mel, delta], axis=0).T.astype(np.float64)
+    mean = feats.mean(axis=0)
+    std = np.maximum(feats.std(axis=0), config.norm_floor)
+    return ((feats - mean) / std).astype(np.float32)
+
+
+def logmels_of_every_length():
+    """Lengths below, at and above the delta window and numpy's pairwise-sum blocks;
+    spreads from tiny to wide; bands at the floor and constant ones."""
+    rng = np.random.default_rng(11)
+    for n in [*range(1, 20), 64, 127, 128, 129, 136, 600, 2400, 9001]:
+        for spread in (1e-4, 1.0, 6.0):
+            logmel = (rng.standard_normal((n, 80)) * spread - 8).astype(np.float32)
+            logmel[:, 7] = -4.5
+            logmel[: n // 2, 3] = -23.025851
+            yield logmel
+
+
+def test_derive_equals_librosas_delta_and_numpys_normalisation_to_the_bit():
+    for logmel in logmels_of_every_length():
+        got = derive(logmel, FEATURES)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        want = reference_derive(logmel, FEATURES)
+        assert got.tobytes() == want.tobytes(), f"{len(logmel)} frames"
+        # float16 rounded from the float32 values, as decode() gives it
+        half = derive_mel(
+            torch.from_numpy(np.ascontiguousarray(logmel.T)), FEATURES, torch.float16
+        ).numpy()
+        assert half.tobytes() == want.astype(np.float16).tobytes()
+    other = FeatureConfig(delta_width=5, n_mels=40)
+    logmel = np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32)
+    assert derive(logmel, other).tobytes() == reference_derive(logmel, other).tobytes()
+
+
+@pytest.mark.parametrize("encoding", ["float16-logmel", "uint8-logmel"])
+def test_decoding_a_logmel_sample_is_derive_of_its_dequantised_codes(encoding):
+    for logmel in logmels_of_every_length():
+        members = feature_encoding.encode(logmel, encoding)
+        # as the reader gives them: read-only arrays over the member bytes
+        arrays = {k: np.frombuffer(v.tobytes(), v.dtype).reshape(v.shape) for k, v in members.items()}
+        got = feature_encoding.decode(arrays, encoding, FEATURES)
+        want = reference_derive(dequantise(members["logmel.npy"], members["logmel_affine.npy"]), FEATURES)
+        assert got.dtype == np.float16 and got.flags.c_contiguous and got.shape == (len(logmel), 160)
+        assert got.tobytes() == want.astype(np.float16).tobytes(), f"{len(logmel)} frames"
 
 
 def test_derive_refuses_a_log_mel_of_the_wrong_shape():
@@ -413,3 +465,23 @@ def test_finetune_data_decodes_every_encoding(built):
         assert all(f.dtype == np.float16 and f.shape[1] == 160 for f in got.values())
         worst, mean = errors(got, {k: s.feats for k, s in reference.samples.items()})
         assert worst < BOUNDS[encoding][0] and mean < BOUNDS[encoding][1]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_derive_and_collation_are_the_same_with_any_number_of_torch_threads(threads):
+    """One thread: one pass over all bands (a worker); more: bands in blocks, copies in pieces."""
+    saved = torch.get_num_threads()
+    rng = np.random.default_rng(threads)
+    logmel = (rng.standard_normal((1300, 80)) * 2 - 8).astype(np.float32)
+    samples = [shard_reader.ShardSample(f"k{i}", "mem", derive(logmel[: 200 + 150 * i], FEATURES).astype(np.float16),
+                                        np.arange(5, 20, dtype=np.int32), {}) for i in range(5)]
+    collator = PretrainCollator(pad_id=PAD_ID, mask_id=MASK_ID, vocab_size=100)
+    try:
+        torch.set_num_threads(threads)
+        got, batch = derive(logmel, FEATURES), collator(samples)
+    finally:
+        torch.set_num_threads(saved)
+    assert got.tobytes() == reference_derive(logmel, FEATURES).tobytes()
+    for i, s in enumerate(samples):
+        assert np.array_equal(batch["mcam_targets"][i, : s.n_frames].numpy(), s.feats.astype(np.float32))
+        assert not batch["mcam_targets"][i, s.n_frames :].any() and not batch["audio_feats"][i, s.n_frames :].any()

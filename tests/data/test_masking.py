@@ -12,6 +12,7 @@ from ctal_ds.data.masking import (
     KEEP,
     MASK_ID,
     MCAM_STREAM,
+    MLM_STREAM,
     PAD_ID,
     REPLACE,
     SPECIAL_IDS,
@@ -229,3 +230,94 @@ def test_finetune_collator_takes_labels_by_field_classes_or_callable():
     assert by_callable["labels"].tolist() == [30, 40]
     with pytest.raises(KeyError, match="no label 'speaker_id'"):
         FinetuneCollator(label="speaker_id")(samples)
+
+
+# --- the batched collator against the maskers one sample at a time ---------------
+
+
+def reference_mlm(masker: MLMMasker, tokens: np.ndarray, rng: np.random.Generator):
+    """MLMMasker.__call__ with np.isin for the special ids, as it was written first."""
+    original = np.asarray(tokens, dtype=np.int64)
+    maskable = np.flatnonzero(~np.isin(original, np.asarray(sorted(masker.special_ids))))
+    n = maskable.size
+    shuffled = rng.permutation(maskable)
+    count = 0 if n == 0 else min(n, max(1, int(np.floor(masker.prob * n + rng.random()))))
+    selected = shuffled[:count]
+    labels = np.full_like(original, IGNORE_INDEX)
+    labels[selected] = original[selected]
+    corrupted = original.copy()
+    draw = rng.random(selected.size)
+    corrupted[selected[draw < masker.mask_frac]] = masker.mask_id
+    to_random = selected[(draw >= masker.mask_frac) & (draw < masker.mask_frac + masker.random_frac)]
+    corrupted[to_random] = rng.choice(masker._replacements, size=to_random.size)
+    return corrupted, labels
+
+
+def reference_batch(col: PretrainCollator, samples, epoch: int) -> dict[str, np.ndarray]:
+    """Each sample masked alone by MLMMasker / MCAMMasker, then padded with numpy."""
+    mlm, mcam = MLMMasker(col.vocab_size, col.mask_id, tuple(col.special_ids), col.mlm_prob), \
+        MCAMMasker(col.mcam_prob, col.seg_min, col.seg_max)
+    b, t, n = len(samples), max(s.n_frames for s in samples), max(len(s.tokens) for s in samples)
+    out = {
+        "input_ids": np.full((b, n), col.pad_id, dtype=np.int64),
+        "mlm_labels": np.full((b, n), IGNORE_INDEX, dtype=np.int64),
+        "audio_feats": np.zeros((b, t, 160), dtype=np.float32),
+        "mcam_targets": np.zeros((b, t, 160), dtype=np.float32),
+        "mcam_mask": np.zeros((b, t), dtype=bool),
+    }
+    for i, s in enumerate(samples):
+        ids, labels = s.tokens, np.full(len(s.tokens), IGNORE_INDEX)
+        if col.mlm:
+            ids, labels = reference_mlm(mlm, s.tokens, sample_rng(col.seed, epoch, s.key, MLM_STREAM))
+        out["input_ids"][i, : len(ids)] = ids
+        out["mlm_labels"][i, : len(labels)] = labels
+        out["mcam_targets"][i, : s.n_frames] = s.feats
+        out["audio_feats"][i, : s.n_frames] = s.feats
+        if col.mcam:
+            frames, mask = mcam(s.feats, sample_rng(col.seed, epoch, s.key, MCAM_STREAM))
+            out["audio_feats"][i, : s.n_frames] = frames
+            out["mcam_mask"][i, : s.n_frames] = mask
+    return out
+
+
+@pytest.mark.parametrize("switches", [{}, {"mlm": False}, {"mcam": False}, {"seg_min": 1, "seg_max": 3}])
+def test_collated_batches_equal_each_sample_masked_alone_to_the_bit(switches):
+    rng = np.random.default_rng(5)
+    col = collator(**switches)
+    for trial in range(12):
+        # Lengths around the edge cases: below seg_min, T == C, T < 2C, and long ones.
+        samples = [utterance(f"t{trial}-{i}", int(rng.choice([1, 19, 20, 35, 50, 99, 640, 1500])),
+                             int(rng.integers(0, 40)), seed=trial * 100 + i) for i in range(int(rng.integers(1, 24)))]
+        batch = col(samples, epoch=trial)
+        want = reference_batch(col, samples, trial)
+        for name, expected in want.items():
+            got = batch[name].numpy()
+            assert got.dtype == expected.dtype and got.shape == expected.shape, name
+            assert got.tobytes() == expected.tobytes(), f"{name} differs in trial {trial}"
+
+
+def test_special_id_lookup_matches_isin_for_any_special_set():
+    rng = np.random.default_rng(2)
+    for specials in [SPECIAL_IDS, (0, 2, 7, 100), (3,)]:
+        masker = MLMMasker(VOCAB, mask_id=4, special_ids=specials)
+        for i in range(200):
+            tokens = rng.integers(0, 130, int(rng.integers(1, 30))).astype(np.int32)
+            got = masker(tokens, np.random.default_rng(i))
+            want = reference_mlm(masker, tokens, np.random.default_rng(i))
+            assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+class _FrameTensorProbe(torch.utils.data.IterableDataset):
+    """Reports from inside a DataLoader worker whether collated frames live in shared memory."""
+
+    def __iter__(self):
+        batch = collator()([utterance("a", 30, 4), utterance("b", 45, 6)])
+        yield {name: batch[name].is_shared() for name in ("audio_feats", "mcam_targets")}
+
+
+def test_frame_tensors_are_made_in_shared_memory_inside_workers_only():
+    """A DataLoader worker would copy them into shared memory to send them otherwise."""
+    batch = collator()([utterance("a", 30, 4)])
+    assert not batch["audio_feats"].is_shared() and not batch["mcam_targets"].is_shared()
+    loader = torch.utils.data.DataLoader(_FrameTensorProbe(), batch_size=None, num_workers=1)
+    assert list(loader) == [{"audio_feats": True, "mcam_targets": True}]
