@@ -7,8 +7,8 @@
 Also runs under torchrun, plain `srun` (launch/slurm/pretrain.sbatch) and as a single
 process. Exit status: 0 finished or stopped cleanly (signal, --exit-at-step,
 --time-limit-min; <out>/status.json says which), 2 bad configuration, 3 training
-diverged, 4 a rank's hang watchdog ended it (no step within its limit). See
-docs/training.md.
+diverged, 4 a rank's hang watchdog ended it (no step within its limit), 5 a rank
+could not write a checkpoint (the previous one is kept). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import sys
 
 from ctal_ds import dist
 from ctal_ds.train import components, ds_config, watchdog
-from ctal_ds.train.checkpoint import agree_on_resume, is_universal
+from ctal_ds.train.checkpoint import CheckpointError, agree_on_resume, is_universal
 from ctal_ds.train.cli import build_parser, run_config_from_args, validate
 from ctal_ds.train.config import ConfigError
 from ctal_ds.train.engine import close_process_group, init_process_group, start_run
 from ctal_ds.train.health import TrainingDiverged
+
+# Exit status of a rank that could not write a checkpoint (full disk, file size limit).
+CHECKPOINT_FAILED = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer.tracker.finish("FAILED")
         close_process_group()
         return 3
+    except CheckpointError as err:  # raised by the ranks whose write failed; the others wait
+        print(f"[ctal-ds] checkpoint error: {err}", file=sys.stderr, flush=True)
+        trainer.tracker.set_tags({"failure": str(err)[:5000]})
+        trainer.tracker.finish("FAILED")
+        return CHECKPOINT_FAILED
     finally:
         dog.stop()  # the export and the final barrier are not steps
     if info.is_main:

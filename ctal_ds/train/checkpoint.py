@@ -31,10 +31,12 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -369,6 +371,27 @@ def write_marker(tag_dir: Path, marker: dict[str, Any]) -> None:
     write_durably(tag_dir / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
+def write_failure(root: Path, tag_dir: Path, rank: int, what: str, err: BaseException) -> str:
+    """The message of a save that failed: what failed, the free space and file size limit
+    of the checkpoints folder, and the newest complete tag, which a resume uses."""
+    detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    space = []
+    try:
+        space.append(f"{shutil.disk_usage(root).free / 2**20:.1f} MiB free on its file system")
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        space.append(f"file size limit (RLIMIT_FSIZE) {soft} bytes")
+    previous = [path for _, path in list_tags(root) if is_complete(path) and path != tag_dir]
+    kept = f"the newest complete checkpoint, {previous[-1]}, is kept" if previous else "no complete checkpoint exists yet"
+    return (
+        f"could not save checkpoint {tag_dir} (rank {rank}, {what}): {type(err).__name__}: {detail}"
+        f"{' (' + '; '.join(space) + ')' if space else ''}. The tag is left without {MARKER} and is never "
+        f"resumed from; {kept}, and --resume auto continues from it once there is space"
+    )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -422,23 +445,38 @@ class Checkpointer:
                 # failed verification and was skipped on resume; stale shards must not mix in.
                 shutil.rmtree(tag_dir)
         self.barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
-        torch.save({**rank_state, "rng": rng_state()}, tag_dir / rank_state_file(self.rank))
-        if self.rank == 0:
-            for name, src in self.side_files.items():
-                shutil.copyfile(src, tag_dir / name)
-            for name, value in self.side_json.items():
-                (tag_dir / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+        with self._writing(tag_dir, "writing its files"):
+            engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
+            torch.save({**rank_state, "rng": rng_state()}, tag_dir / rank_state_file(self.rank))
+            if self.rank == 0:
+                for name, src in self.side_files.items():
+                    shutil.copyfile(src, tag_dir / name)
+                for name, value in self.side_json.items():
+                    (tag_dir / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
         self.barrier()
         # Every rank, after every rank has written: on a shared file system the files of
         # a rank on another node may be flushed only by an fsync from that node.
-        fsync_files(tag_dir)
+        with self._writing(tag_dir, "fsyncing its files"):
+            fsync_files(tag_dir)
         self.barrier()
         if self.rank == 0:
-            self._mark_complete(tag_dir, step)
+            with self._writing(tag_dir, f"writing {MARKER}"):
+                self._mark_complete(tag_dir, step)
             self.prune()
         self.barrier()
         return tag_dir
+
+    @contextmanager
+    def _writing(self, tag_dir: Path, what: str) -> Iterator[None]:
+        """Turn a failed write (a full disk, a file size limit, an I/O error) into a
+        CheckpointError that names the tag, the rank, the space left and the checkpoint
+        a resume would use; torch's own message for a short write names no file."""
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(write_failure(self.root, tag_dir, self.rank, what, err)) from err
 
     def _mark_complete(self, tag_dir: Path, step: int) -> None:
         files = file_manifest(tag_dir)

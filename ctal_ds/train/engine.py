@@ -90,7 +90,8 @@ def start_run(
         print(f"[ctal-ds] {f'resumed from {resume_dir}' if resume_dir else 'fresh run'}", flush=True)
         all_params = {**components.tracking_params(cfg, ds, trainer.engine.module, plan), **(params or {})}
         all_tags = {**components.run_tags(info, resume_dir, trainer.step), **(tags or {})}
-        run_id = trainer.tracker.start(run_id, all_params, all_tags)
+        resumed_step = trainer.step if resume_dir is not None else None
+        run_id = trainer.tracker.start(run_id, all_params, all_tags, resumed_step)
         components.log_start_artifacts(trainer.tracker, trainer.checkpointer)
     trainer.client_state["mlflow_run_id"] = run_id  # kept in every checkpoint
     return run_id

@@ -9,7 +9,9 @@
   continues in the same run.
 - Tracking never stops training: if the server cannot be reached (at start or
   later), one warning is printed and metrics keep going to `<out>/metrics.jsonl`,
-  which is written on every log step either way.
+  which is written on every log step either way. A resumed job that reattaches sends
+  the values of `metrics.jsonl` up to its resume step that the run does not hold, so
+  the steps logged while the server was away are not missing from its history.
 - Artifacts are small files (configs, tokenizer, plots, exported weights). ZeRO
   shards are never uploaded; their paths and hashes go in as tags.
 - An export is also logged as an MLflow pyfunc model (`log_model`), registered under
@@ -43,7 +45,9 @@ class NullTracker:
     run_id: str | None = None
     active = False
 
-    def start(self, run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+    def start(
+        self, run_id: str | None, params: dict[str, Any], tags: dict[str, str], resumed_step: int | None = None
+    ) -> str | None:
         return run_id
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
@@ -85,14 +89,18 @@ class Tracker(NullTracker):
         self.client = None
         self._buffer.clear()
 
-    def start(self, run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str | None:
-        resumed = run_id is not None
+    def start(
+        self, run_id: str | None, params: dict[str, Any], tags: dict[str, str], resumed_step: int | None = None
+    ) -> str | None:
+        """Open a run, or reattach to `run_id`; then (`resumed_step` given) send what
+        `metrics.jsonl` holds up to that step and the run does not (`send_missed`)."""
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Param
 
             client = MlflowClient(tracking_uri=self.uri)
-            if run_id is not None:
+            reattached = run_id is not None
+            if reattached:
                 run = client.get_run(run_id)
                 client.update_run(run_id, status="RUNNING")
                 known = run.data.params
@@ -110,11 +118,13 @@ class Tracker(NullTracker):
                 client.log_batch(run_id, params=items[i : i + _MAX_PARAMS])
             self.client, self.run_id = client, run_id
             self.set_tags(tags)
+            if reattached and resumed_step is not None:
+                self.send_missed(resumed_step)
         except Exception as err:  # any failure of the tracking service must not stop training
             self.run_id = run_id
             self._disable("starting the run", err)
             return self.run_id
-        self._start_system_metrics(resumed)
+        self._start_system_metrics(reattached)
         return self.run_id
 
     def _start_system_metrics(self, resumed: bool) -> None:
@@ -140,6 +150,43 @@ class Tracker(NullTracker):
             except Exception as err:
                 print(f"[ctal-ds] WARNING: stopping MLflow system metrics: {type(err).__name__}: {err}",
                       file=sys.stderr, flush=True)  # fmt: skip
+
+    def send_missed(self, upto_step: int) -> int:
+        """Send the values of `metrics.jsonl` of steps up to `upto_step` that the run's
+        history lacks (logged while the server could not be reached); returns how many.
+
+        Later steps are left out: the resumed job logs them again. Of a step logged twice
+        (a job that went past its last checkpoint, then a resume) the last value counts.
+        """
+        from mlflow.entities import Metric
+
+        if not self.jsonl.is_file():
+            return 0
+        values: dict[tuple[str, int], tuple[float, int]] = {}
+        for line in self.jsonl.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            step = row.get("step")
+            if not isinstance(step, int) or step > upto_step:
+                continue
+            when = int(float(row.get("time", time.time())) * 1000)
+            for key, value in row.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    values[(key, step)] = (float(value), when)
+        held = {
+            key: {m.step for m in self.client.get_metric_history(self.run_id, key)} for key in {k for k, _ in values}
+        }
+        missed = [Metric(key, value, when, step) for (key, step), (value, when) in sorted(values.items())
+                  if step not in held[key]]  # fmt: skip
+        for i in range(0, len(missed), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=missed[i : i + _MAX_METRICS])
+        if missed:
+            steps = sorted({m.step for m in missed})
+            print(f"[ctal-ds] sent {len(missed)} values of {len(steps)} steps ({steps[0]}..{steps[-1]}) from "
+                  f"{self.jsonl} that run {self.run_id} did not hold", flush=True)  # fmt: skip
+        return len(missed)
 
     def _experiment_id(self, client: Any) -> str:
         experiment = client.get_experiment_by_name(self.cfg.experiment)

@@ -214,9 +214,12 @@ class Trainer:
 
     def log(self) -> dict[str, float]:
         """Step metrics of the window since the last log (a collective)."""
+        damage = getattr(self.train_stream, "damage", None)  # the shard loader's DamageLog
+        damaged = [len(damage.bad_shards), len(damage.bad_samples)] if damage is not None else [0, 0]
         seen = torch.tensor(
-            [self.seen[k] for k in ("samples", "tokens", "frames")], dtype=torch.float64, device=self.engine.device
-        )
+            [*(self.seen[k] for k in ("samples", "tokens", "frames")), *damaged],
+            dtype=torch.float64, device=self.engine.device,
+        )  # fmt: skip
         all_reduce(seen, "sum")
         metrics = self.window.summarize()
         metrics.update(
@@ -228,6 +231,11 @@ class Trainer:
                 "train/skipped_steps": float(self.engine.skipped_steps),
             }
         )
+        if damage is not None:
+            # Each rank's distinct shards and samples skipped as damaged so far (each named
+            # in a warning when that rank first met it), summed over ranks: shards are dealt
+            # afresh every epoch, so one damaged shard met by two ranks counts twice.
+            metrics["data/damaged_shards"], metrics["data/damaged_samples"] = seen[3].item(), seen[4].item()
         norm = self.engine.get_global_grad_norm()
         if norm is not None:
             metrics["train/grad_norm"] = float(norm)

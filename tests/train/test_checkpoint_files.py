@@ -105,7 +105,7 @@ def test_interrupted_save_leaves_no_marker_and_resume_auto_skips_it(tmp_path):
     root = tmp_path / "ck"
     ckpt = make_checkpointer(root)
     ckpt.save(FakeEngine(), 2, {"step": 2}, {})
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"global_step4 \(rank 0, writing its files\): OSError: disk full"):
         ckpt.save(FakeEngine(fail_on_save=True), 4, {"step": 4}, {})
     assert (root / "global_step4").is_dir() and not (root / "global_step4" / MARKER).exists()
     # A newer tag dir someone else left half-written is ignored too.
@@ -358,3 +358,60 @@ def test_resume_spec_problems_are_found_from_the_layout_alone(tmp_path):
     (root / "global_step2").rename(renamed)
     assert "a checkpoint tag directory is named global_step<N>" in resume_spec_problem(str(renamed))
     assert resume_spec_problem(str(root)).startswith(f"--resume {root}: not a checkpoint")
+
+
+class BigEngine(FakeEngine):
+    """Writes a model file of `size` bytes, as a real engine's state would be."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        path = Path(save_dir) / tag
+        path.mkdir(parents=True, exist_ok=True)
+        weights = torch.zeros(self.size // 4, dtype=torch.float32)
+        torch.save({"client": client_state, "w": weights}, path / "mp_rank_00_model_states.pt")
+
+
+def test_a_save_past_the_file_size_limit_is_a_checkpoint_error_naming_the_tag_the_limit_and_the_kept_tag(tmp_path):
+    import resource
+    import signal
+
+    # Python ignores SIGXFSZ, so a write past RLIMIT_FSIZE fails with EFBIG, as on a full
+    # disk; torch's own error for it ("unexpected pos ...") names no file.
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    root = tmp_path / "ck"
+    ckpt = make_checkpointer(root)
+    ckpt.save(BigEngine(2 << 20), 2, {"step": 2}, {})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(CheckpointError) as caught:
+            ckpt.save(BigEngine(2 << 20), 4, {"step": 4}, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(caught.value)
+    assert message.startswith(f"could not save checkpoint {root / 'global_step4'} (rank 0, writing its files): ")
+    assert "MiB free on its file system; file size limit (RLIMIT_FSIZE) 1048576 bytes)" in message
+    assert f"the newest complete checkpoint, {root / 'global_step2'}, is kept" in message
+    assert not (root / "global_step4" / MARKER).exists()
+    assert verify_tag(root / "global_step2") == []
+    assert resolve_resume("auto", root) == root / "global_step2"
+    assert (root / "latest").read_text() == "global_step2"
+
+
+def test_a_failed_marker_write_leaves_the_tag_incomplete_and_says_which_step_failed(tmp_path, monkeypatch):
+    from ctal_ds.train import checkpoint
+
+    root = tmp_path / "ck"
+    ckpt = make_checkpointer(root)
+
+    def no_space(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_durably", no_space)
+    with pytest.raises(CheckpointError, match=rf"global_step3 \(rank 0, writing {MARKER}\): OSError: .*No space") as caught:
+        ckpt.save(FakeEngine(), 3, {"step": 3}, {})
+    assert "no complete checkpoint exists yet" in str(caught.value)
+    assert latest_complete(root) is None and not (root / "latest").exists()

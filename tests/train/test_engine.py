@@ -251,6 +251,43 @@ def test_nan_on_one_rank_and_fp16_scale_collapse_stop_every_rank_with_a_diagnosi
         assert report["fp16_skipped"] >= 3
 
 
+# Damaged data ------------------------------------------------------------------------------
+
+
+class _Damaged(h.SyntheticStream):
+    """A stream with the shard loader's DamageLog; rank 1 meets a damaged shard at batch `at`."""
+
+    def __init__(self, cfg, seed, rank, at: int | None) -> None:
+        from ctal_ds.data.damage import DamageLog
+
+        super().__init__(cfg, seed, rank)
+        self.damage, self.at = DamageLog(max_bad_shards=5, max_bad_samples=5), at
+
+    def __next__(self):
+        from ctal_ds.data.damage import SampleDamage, ShardDamage
+
+        if self.index == self.at:
+            self.damage.record([ShardDamage("shard-000005.tar", "unreadable after 1 samples"),
+                                SampleDamage("shard-000002.tar", "utt7", "no feats.npy"),
+                                ShardDamage("shard-000005.tar", "met again")])  # fmt: skip
+        return super().__next__()
+
+
+def _damage_counts(rank, world, out):
+    cfg = h.tiny_config()
+    engine = h.make_engine(cfg, h.ds_config(2))
+    stream = _Damaged(cfg, 0, rank, at=2 if rank == 1 else None)
+    trainer = h.make_trainer(engine, stream, Path(out), rank, world, 4)
+    trainer.train()
+    return [(r["step"], r["data/damaged_shards"], r["data/damaged_samples"]) for r in trainer.tracker.rows]
+
+
+def test_damaged_shards_and_samples_of_any_rank_are_counted_in_the_logged_metrics(tmp_path):
+    # Rank 1's third batch (step 3) comes with one damaged shard, met twice, and one sample.
+    rows = h.run_ranks(_damage_counts, 2, tmp_path, str(tmp_path))[0]
+    assert rows == [[1, 0.0, 0.0], [2, 0.0, 0.0], [3, 1.0, 1.0], [4, 1.0, 1.0]]
+
+
 # Export ------------------------------------------------------------------------------------
 
 

@@ -108,3 +108,40 @@ def test_without_mlflow_installed_the_run_warns_and_logs_locally(tmp_path, monke
     assert "training continues" in capsys.readouterr().err
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 2.0
     assert _version_or_absent("no-such-distribution-ctal-ds") == "not installed"
+
+
+def test_a_reattached_run_gets_the_metrics_logged_while_the_server_was_away(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    store = TrackingConfig(experiment="exp", uri=default_uri(tmp_path / "store"), flush_every=1)
+    first = Tracker(store, tmp_path)
+    run_id = first.start(None, {"a": 1}, {})
+    for step in (1, 2):
+        first.log_metrics(step, {"train/loss": 1.0 / step, "train/lr": 0.1})
+    # The server goes away: the next job reattaches to an unreachable server and logs
+    # steps 3..5 to metrics.jsonl only; it saved its last checkpoint at step 4.
+    away = Tracker(TrackingConfig(experiment="exp", uri=f"http://127.0.0.1:{closed_port()}"), tmp_path)
+    assert away.start(run_id, {"a": 1}, {}, resumed_step=2) == run_id and not away.active
+    for step in (3, 4, 5):
+        away.log_metrics(step, {"train/loss": 1.0 / step, "train/lr": 0.1})
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "train/lo')  # cut short by a crash
+    capsys.readouterr()
+
+    resumed = Tracker(store, tmp_path)
+    assert resumed.start(run_id, {"a": 1}, {}, resumed_step=4) == run_id
+    assert f"sent 4 values of 2 steps (3..4) from {tmp_path / 'metrics.jsonl'}" in capsys.readouterr().out
+    for step in (5, 6):  # the resumed job replays step 5 after its checkpoint
+        resumed.log_metrics(step, {"train/loss": 1.0 / step, "train/lr": 0.1})
+    resumed.finish()
+
+    client = mlflow.MlflowClient(store.uri)
+    for key, value in (("train/loss", lambda s: 1.0 / s), ("train/lr", lambda s: 0.1)):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert history == [(s, value(s)) for s in range(1, 7)], key
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # Reattaching again sends nothing twice.
+    again = Tracker(store, tmp_path)
+    again.start(run_id, {"a": 1}, {}, resumed_step=6)
+    assert again.send_missed(6) == 0
+    assert "sent " not in capsys.readouterr().out
