@@ -55,7 +55,14 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ctal_ds.train.checkpoint import MARKER, is_complete, latest_complete, tag_for, verify_tag  # noqa: E402
+from ctal_ds.train.checkpoint import (  # noqa: E402
+    CHECKPOINT_FAILED,
+    MARKER,
+    is_complete,
+    latest_complete,
+    tag_for,
+    verify_tag,
+)
 
 PRETRAIN = REPO / "launch" / "pretrain.py"
 STEPS, SAVE_EVERY = 24, 4
@@ -63,7 +70,6 @@ KILLS = 5
 TOLERANCE = 1e-6
 WATCHDOG_FLOOR_S = 15
 FSIZE_LIMIT = 1 << 20  # below every ZeRO file of the tiny model (1.6 and 2.4 MB)
-CHECKPOINT_FAILED = 5  # launch/pretrain.py's exit status for a checkpoint it could not write
 WATCHDOG_EXIT = 4
 JOB_TIMEOUT_S = 420  # a job of the tiny model takes about a minute on a loaded 2-core machine
 ROWS = ("kill-rank", "kill-mid-save", "file-size-limit", "flipped-byte", "truncated-shard", "sigstop-rank",

@@ -44,6 +44,7 @@ from ctal_ds.finetune.cli import add_common_arguments, add_head_arguments, confi
 from ctal_ds.finetune.compare import data_efficiency_plots, summary_markdown
 from ctal_ds.finetune.config import FinetuneConfig, validate
 from ctal_ds.tasks import TASKS
+from ctal_ds.train.checkpoint import CHECKPOINT_FAILED, CheckpointError
 from ctal_ds.train.cli import parse_value
 from ctal_ds.train.config import ConfigError
 from ctal_ds.train.engine import close_process_group, init_process_group
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ctal-ds] training stopped: {err}", file=sys.stderr, flush=True)
         close_process_group()
         return 3
+    except CheckpointError as err:  # a save that could not be written (full disk, size limit)
+        print(f"[ctal-ds] checkpoint error: {err}", file=sys.stderr, flush=True)
+        return CHECKPOINT_FAILED
     if info.is_main:
         rows = comparison_rows(results)
         table = summary_markdown(rows)

@@ -13,7 +13,8 @@
 
 The loop, checkpoints (`--resume auto`), health checks, stop signals and MLflow
 tracking are pre-training's (docs/training.md); docs/finetune.md describes the rest.
-Exit status: 0 finished or stopped cleanly, 2 bad configuration, 3 training diverged.
+Exit status: 0 finished or stopped cleanly, 2 bad configuration, 3 training diverged, 5 a
+checkpoint could not be written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 from ctal_ds.finetune.cli import build_parser, config_from_args
 from ctal_ds.finetune.config import validate
 from ctal_ds.finetune.run import finetune
+from ctal_ds.train.checkpoint import CHECKPOINT_FAILED, CheckpointError
 from ctal_ds.train.config import ConfigError
 from ctal_ds.train.engine import close_process_group, init_process_group
 from ctal_ds.train.health import TrainingDiverged
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ctal-ds] training stopped: {err}", file=sys.stderr, flush=True)
         close_process_group()
         return 3
+    except CheckpointError as err:  # a save that could not be written (full disk, size limit)
+        print(f"[ctal-ds] checkpoint error: {err}", file=sys.stderr, flush=True)
+        return CHECKPOINT_FAILED
     if info.is_main:
         state = "finished" if result.finished else "stopped (resume with the same command)"
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.startswith("n_"))

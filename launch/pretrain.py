@@ -18,14 +18,16 @@ import sys
 
 from ctal_ds import dist
 from ctal_ds.train import components, ds_config, watchdog
-from ctal_ds.train.checkpoint import CheckpointError, agree_on_resume, is_universal
+from ctal_ds.train.checkpoint import (
+    CHECKPOINT_FAILED,
+    CheckpointError,
+    agree_on_resume,
+    is_universal,
+)
 from ctal_ds.train.cli import build_parser, run_config_from_args, validate
 from ctal_ds.train.config import ConfigError
 from ctal_ds.train.engine import close_process_group, init_process_group, start_run
 from ctal_ds.train.health import TrainingDiverged
-
-# Exit status of a rank that could not write a checkpoint (full disk, file size limit).
-CHECKPOINT_FAILED = 5
 
 
 def main(argv: list[str] | None = None) -> int:

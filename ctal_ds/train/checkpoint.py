@@ -81,6 +81,10 @@ def latest_complete(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+# Exit status of the launch scripts when a checkpoint could not be written.
+CHECKPOINT_FAILED = 5
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint whose files do not match its marker's manifest: it must not be loaded."""
 
