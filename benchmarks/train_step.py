@@ -44,7 +44,10 @@ Every row trains on the same fixed batches (benchmarks/model.py `make_batch`; re
 step, median over the timed rounds): the trainer's bookkeeping, forward, backward,
 gradient bucketing and reduction (copies and the communication itself), the overflow
 check, the gradient norm, clipping, the Adam update, the parameter all-gather and the
-engine's own step. The timers wrap methods of the engine and of its ZeRO optimizer.
+engine's own step. The timers wrap methods of the engine, of its ZeRO optimizer and of
+DeepSpeed's communication backend (a few microseconds per call, some hundred calls per
+step); a collective's time includes the wait for the other rank, so under uneven load
+the first collective after a phase absorbs the ranks' skew.
 """
 
 from __future__ import annotations
@@ -326,7 +329,7 @@ def build_row(name: str, args, rank: int, world: int, out: Path, batches, timer)
         return torch_row(args, model, batches, name == "ddp", timer)
     if name in ("zero0", "zero2"):
         return engine_row(args, model, int(name[-1]), [], rank, world, out, batches, timer)
-    return engine_row(args, model, 2, VARIANTS[name], rank, world, out, batches, timer)
+    return engine_row(args, model, 2, args.settings[name], rank, world, out, batches, timer)
 
 
 def run_rows(rank: int, world: int, port: int, names: list[str], args, out: str) -> None:
@@ -420,7 +423,8 @@ def print_results(args, names: list[str], per_rank: list[dict], measured: bool, 
           f"timed rounds={args.steps} (after {args.warmup}) {'isolated rows' if args.isolate else 'interleaved rows'}")  # fmt: skip
     print(f"training GFLOP per step per rank (matmul, real lengths): {first['flops_per_step'] / 1e9:.2f}; "
           f"peak per rank: {first['peak'] / 1e9:.0f} GFLOP/s ({'measured 2048^3 matmul' if measured else 'given'})")
-    header = (f"{'row':<12}{'s/step':>8}{'min-max':>14}{'vs bare':>9}{'vs ddp':>8}{'samples/s':>11}"
+    name_width = max(12, *(len(n) + 2 for n in names))
+    header = (f"{'row':<{name_width}}{'s/step':>8}{'min-max':>14}{'vs bare':>9}{'vs ddp':>8}{'samples/s':>11}"
               f"{'GFLOP/s/rank':>14}{'MFU':>7}{'optim MB':>10}")  # fmt: skip
     if args.isolate:
         header += f"{'RSS +MB':>9}"
@@ -430,14 +434,14 @@ def print_results(args, names: list[str], per_rank: list[dict], measured: bool, 
         achieved = statistics.mean(r["flops_per_step"] for r in per_rank) / seconds
         mfu = achieved / statistics.mean(r["peak"] for r in per_rank)
         vs = [f"{median_ratio(times[name], times[ref]):.2f}" if ref in times else "-" for ref in ("bare", "ddp")]
-        line = (f"{name:<12}{seconds:>8.3f}{f'{min(times[name]):.3f}-{max(times[name]):.3f}':>14}{vs[0]:>9}{vs[1]:>8}"
+        line = (f"{name:<{name_width}}{seconds:>8.3f}{f'{min(times[name]):.3f}-{max(times[name]):.3f}':>14}{vs[0]:>9}{vs[1]:>8}"
                 f"{sum(r['samples'] for r in per_rank) / seconds:>11.1f}{achieved / 1e9:>14.1f}{100 * mfu:>6.1f}%"
                 f"{max(r['optim_mb'][name] for r in per_rank):>10.1f}")  # fmt: skip
         if args.isolate:
             line += f"{max(r['rss_mb'][name] for r in per_rank):>9.0f}"
         print(line)
     for name in names:
-        settings = VARIANTS.get(name)
+        settings = args.settings.get(name)
         if settings:
             print(f"  {name}: ZeRO-2 with {' '.join(settings)}")
     if args.profile:
@@ -448,18 +452,19 @@ def print_profile(names: list[str], profile: dict[str, list[dict[str, float]]]) 
     labels = [p for p in PHASE_ORDER if any(p in step for n in names for step in profile[n])]
     labels += sorted({p for n in names for step in profile[n] for p in step} - set(labels))
     width = max(len(p) for p in labels) + 2
+    col = max(12, *(len(n) + 2 for n in names))
     print("\nper-phase self time on rank 0, ms per step (median over the timed rounds)")
-    print(f"{'phase':<{width}}" + "".join(f"{n:>12}" for n in names))
+    print(f"{'phase':<{width}}" + "".join(f"{n:>{col}}" for n in names))
     for label in labels:
         cells = [statistics.median(step.get(label, 0.0) for step in profile[n]) * 1e3 for n in names]
-        print(f"{label:<{width}}" + "".join(f"{c:>12.1f}" if c else f"{'-':>12}" for c in cells))
+        print(f"{label:<{width}}" + "".join(f"{c:>{col}.1f}" if c else f"{'-':>{col}}" for c in cells))
     totals = [statistics.median(sum(step.values()) for step in profile[n]) * 1e3 for n in names]
-    print(f"{'total (step)':<{width}}" + "".join(f"{c:>12.1f}" for c in totals))
+    print(f"{'total (step)':<{width}}" + "".join(f"{c:>{col}.1f}" for c in totals))
     # Forward and backward compute are the same work in every row; the rest is what the
     # optimizer, the communication and the engine add.
     rest = [statistics.median(sum(v for k, v in step.items() if k not in MODEL_PHASES) for step in profile[n]) * 1e3
             for n in names]  # fmt: skip
-    print(f"{'all but forward and backward':<{width}}" + "".join(f"{c:>12.1f}" for c in rest))
+    print(f"{'all but forward and backward':<{width}}" + "".join(f"{c:>{col}.1f}" for c in rest))
 
 
 def main() -> None:
@@ -476,6 +481,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--rows", default=",".join(BASE_ROWS), help=f"comma-separated: {list(BASE_ROWS) + list(VARIANTS)}")
     p.add_argument("--variants", action="store_true", help="add every ZeRO-2 variant row")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="a ZeRO-2 row of your own, e.g. before:optimizer.params.fused=false (repeatable)")  # fmt: skip
     p.add_argument("--config", type=Path, default=REPO / "ds_configs" / "cpu.json", help="DeepSpeed JSON")
     p.add_argument("--isolate", action="store_true", help="each row in fresh processes (RSS per row)")
     p.add_argument("--profile", action="store_true", help="per-phase table of every row (rank 0)")
@@ -484,7 +491,14 @@ def main() -> None:
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s of one device (default: measured)")
     args = p.parse_args()
     args.model = {"dropout": 0.0, **parse_assignments(args.model_override, "--model-override")}
+    for spec in args.variant:
+        name, _, settings = spec.partition(":")
+        if not name or "=" not in settings or name in BASE_ROWS:
+            raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE], NAME not one of {BASE_ROWS}")
+        VARIANTS[name] = settings.split(",")
+        args.rows += f",{name}"
     names = parse_rows(args.rows, args.variants)
+    args.settings = {name: VARIANTS[name] for name in names if name in VARIANTS}  # travels to the ranks
     if args.steps < 1:
         raise SystemExit("--steps must be at least 1")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
