@@ -333,3 +333,49 @@ def test_zero3_export_loads_without_deepspeed_with_same_outputs_and_tied_weights
     exported = json.loads(result.stdout.strip().splitlines()[-1])
     assert exported.pop("tied") is True
     assert exported == pytest.approx(engine_out, abs=1e-5)
+
+
+# The shipped CPU config ------------------------------------------------------------------
+
+
+def _cpu_json_against_deepspeed_defaults(rank, world, out):
+    from ctal_ds.train import ds_config
+    from ctal_ds.train.config import OptimOverrides
+
+    cfg = h.tiny_config(dropout=0.0)
+    over = OptimOverrides(micro_batch_size=2, grad_accum=2, warmup_steps=1)
+    shipped, *_ = ds_config.resolve(ds_config.load(h.REPO / "ds_configs" / "cpu.json"), over, 6, world, "WORLD_SIZE")
+    # The same run with DeepSpeed's defaults for everything that only changes speed:
+    # the optimizer's torch kernel choice and every ZeRO bucketing / communication knob.
+    plain = json.loads(json.dumps(shipped))
+    for key in ("fused", "foreach"):
+        plain["optimizer"]["params"].pop(key, None)
+    plain["zero_optimization"] = {"stage": shipped["zero_optimization"]["stage"]}
+    params, losses, optimizers = {}, {}, {}
+    for name, ds in (("shipped", shipped), ("plain", plain)):
+        engine = h.make_engine(cfg, ds, seed=3)
+        trainer = h.make_trainer(engine, h.SyntheticStream(cfg, 5, rank, sizes=(2,)), Path(out) / name, rank, world, 6)
+        trainer.train()
+        params[name], losses[name] = h.params_of(engine), [r["train/loss"] for r in trainer.tracker.rows]
+        inner = engine.optimizer.optimizer  # the torch optimizer inside ZeRO's
+        optimizers[name] = [type(inner).__name__, bool(inner.param_groups[0].get("fused"))]
+    initial = h.params_of(h.make_engine(cfg, plain, seed=3))
+    return {
+        "stage": shipped["zero_optimization"]["stage"],
+        "optimizers": optimizers,
+        "max_diff": h.max_diff(params["shipped"], params["plain"]),
+        "moved": h.max_diff(params["shipped"], initial),
+        "losses": losses,
+    }
+
+
+def test_the_speed_settings_of_cpu_json_train_as_deepspeed_defaults_do(tmp_path):
+    """Two ranks, ZeRO as shipped, accumulation 2: the bucket sizes and the fused AdamW
+    kernel of ds_configs/cpu.json give the weights DeepSpeed's defaults give."""
+    for result in h.run_ranks(_cpu_json_against_deepspeed_defaults, 2, tmp_path, str(tmp_path)):
+        assert result["stage"] == 2
+        assert result["optimizers"] == {"shipped": ["AdamW", True], "plain": ["AdamW", False]}
+        assert len(result["losses"]["shipped"]) == 6
+        assert result["moved"] > 1e-3  # six AdamW updates did change the weights
+        assert result["max_diff"] < 1e-5, result
+        assert result["losses"]["shipped"] == pytest.approx(result["losses"]["plain"], abs=1e-5)
