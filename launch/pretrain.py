@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             where.world_size_var, accel.device_name(), accel.is_fp16_supported(), str(cfg.deepspeed_config),
         )  # fmt: skip
     except ConfigError as err:
-        if where.is_main:  # every rank fails the same way; one message is enough
-            print(f"[ctal-ds] configuration error: {err}", file=sys.stderr)
+        # Usually every rank fails the same way and rank 0 says it; a rank whose own
+        # arguments or environment fail says so too, since the others then wait for it.
+        who = "" if where.is_main else f"rank {where.rank}: "
+        print(f"[ctal-ds] {who}configuration error: {err}", file=sys.stderr)
         return 2
 
     info = init_process_group(cfg.timeouts)

@@ -196,8 +196,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--keep-last must be at least 1")
     if cfg.loop.exit_at_step is not None and cfg.loop.exit_at_step <= 0:
         raise ConfigError(f"--exit-at-step must be positive, got {cfg.loop.exit_at_step}")
-    if cfg.loop.time_limit_min is not None and not cfg.loop.time_limit_min > 0:
-        raise ConfigError(f"--time-limit-min must be positive, got {cfg.loop.time_limit_min:g}")
+    # 0 stops at the first step boundary (a checkpoint of step 1).
+    if cfg.loop.time_limit_min is not None and not cfg.loop.time_limit_min >= 0:
+        raise ConfigError(f"--time-limit-min must be >= 0, got {cfg.loop.time_limit_min:g}")
     problem = resume_spec_problem(cfg.checkpoint.resume)
     if problem:
         raise ConfigError(problem)

@@ -59,8 +59,8 @@ def test_a_bad_resume_path_exits_2_naming_it_before_any_process_group_starts(dem
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("--time-limit-min", "0", "--time-limit-min must be positive, got 0"),
-        ("--time-limit-min", "-5", "--time-limit-min must be positive, got -5"),
+        ("--time-limit-min", "-5", "--time-limit-min must be >= 0, got -5"),
+        ("--time-limit-min", "nan", "--time-limit-min must be >= 0, got nan"),
         ("--exit-at-step", "0", "--exit-at-step must be positive, got 0"),
     ],
 )
@@ -71,5 +71,17 @@ def test_a_stop_flag_that_would_end_the_run_at_once_is_a_configuration_error(tmp
     args = ["--deepspeed_config", str(h.REPO / "ds_configs" / "cpu.json"), "--train-shards", str(shards),
             "--out", str(tmp_path / "run")]  # fmt: skip
     validate(run_config_from_args(build_parser().parse_args(args)))  # the rest is valid
+    validate(run_config_from_args(build_parser().parse_args([*args, "--time-limit-min", "0"])))
     with pytest.raises(ConfigError, match=message):
         validate(run_config_from_args(build_parser().parse_args([*args, flag, value])))
+
+
+def test_a_configuration_error_of_one_rank_only_is_said_by_that_rank(demo_shards, tmp_path):
+    """The other ranks would wait for it at the rendezvous: its own message is the clue."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(h.PRETRAIN), *h.pretrain_args(demo_shards, out, "--time-limit-min", "-1")]
+    env = h.job_env(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29999")
+    result = subprocess.run(cmd, env=env, cwd=h.REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+    assert "[ctal-ds] rank 1: configuration error: --time-limit-min must be >= 0, got -1" in result.stderr
+    assert not out.exists()
