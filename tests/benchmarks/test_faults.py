@@ -1,4 +1,4 @@
-"""benchmarks/faults.py: two of its rows run for real (2-rank deepspeed-launcher jobs), and
+"""benchmarks/faults.py: one of its rows runs for real (2-rank deepspeed-launcher jobs), and
 its command line."""
 
 from __future__ import annotations
@@ -16,30 +16,27 @@ import faults  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # shards, a reference job, four jobs and two MLflow servers, on a loaded machine
-def test_flipped_byte_and_mlflow_server_loss_rows_are_ok(tmp_path):
+@pytest.mark.timeout(1800)  # shards, a reference job and two jobs, on a loaded machine
+def test_flipped_byte_row_is_ok(tmp_path):
+    """One row end to end; the MLflow-server row's resend is tested in tests/train/test_tracking.py."""
     bench = faults.Bench(tmp_path, seed=0)
     try:
         bench.build_shards()
-        rows = faults.run_rows(bench, ["flipped-byte", "mlflow-down"])
+        rows = faults.run_rows(bench, ["flipped-byte"])
     finally:
         bench.close()
-    flipped, mlflow_down = rows
+    (flipped,) = rows
     assert flipped.ok, flipped.observed
-    assert mlflow_down.ok, mlflow_down.observed
-    assert float(flipped.gap) <= faults.TOLERANCE and float(mlflow_down.gap) <= faults.TOLERANCE
+    assert float(flipped.gap) <= faults.TOLERANCE
     cut = 3 * faults.SAVE_EVERY
     assert f"global_step{cut}/mp_rank_00_model_states.pt flipped" in flipped.observed
     assert f"resumed from global_step{cut - faults.SAVE_EVERY}; finished" in flipped.observed
-    assert f"resume from global_step{faults.STEPS}: sent " in mlflow_down.observed
-    assert f"run FINISHED, train/loss history steps 1..{faults.STEPS}" in mlflow_down.observed
-    # Every job of the two rows left its log, and no job is left running.
+    # Every job of the row left its log, and no job is left running.
     logs = sorted(p.name for p in (tmp_path / "logs").glob("*.log"))
-    assert logs == ["flipped-byte-1.log", "flipped-byte-2.log", "mlflow-down-1.log", "mlflow-down-2.log",
-                    "mlflow-down-server-1.log", "mlflow-down-server-2.log", "reference.log"]  # fmt: skip
+    assert logs == ["flipped-byte-1.log", "flipped-byte-2.log", "reference.log"]
     assert all(job.proc.poll() is not None for job in bench.jobs)
     table = faults.table(rows)
-    assert table.count("| OK") == 2 and "FAIL" not in table
+    assert table.count("| OK") == 1 and "FAIL" not in table
 
 
 def test_a_failed_check_makes_its_row_fail_and_the_others_run(tmp_path):
