@@ -3,9 +3,8 @@
     python benchmarks/model.py --preset base --batch 4 --steps 3 --dtype fp32
 
 Rows, all measured in the same run on the same batch:
-  ctal (sdpa)   ctal_ds.model.CTALForPretraining, default attention backend, fused
-                Q/K/V and K/V projections (the default)
-  ctal (sdpa, separate qkv)  the same with three separate projection matmuls
+  ctal (sdpa)   ctal_ds.model.CTALForPretraining, default attention backend
+  ctal (sdpa, fused qkv)  the same with fused Q/K/V and K/V projection matmuls
   ctal (eager)  the same model with softmax(QK^T)V written out
   hf roberta    the same network assembled from Hugging Face `transformers` RoBERTa
                 modules, with the same weights: text stream and MLM head from
@@ -308,9 +307,9 @@ def main() -> None:
     ours = CTALForPretraining(config).to(dtype).train()
     eager = CTALForPretraining(config.replace(attn_impl="eager")).to(dtype).train()
     eager.load_state_dict(ours.state_dict())
-    separate = CTALForPretraining(config).to(dtype).train()
-    separate.load_state_dict(ours.state_dict())
-    set_fused_projections(separate, False)
+    fused = CTALForPretraining(config).to(dtype).train()
+    fused.load_state_dict(ours.state_dict())
+    set_fused_projections(fused, True)
     hf = HFReference(config)
     copy_weights(hf, ours)
     hf = hf.to(dtype).train()
@@ -336,7 +335,7 @@ def main() -> None:
     peak = matmul_peak(dtype)
     models = {
         "ctal (sdpa)": ours,
-        "ctal (sdpa, separate qkv)": separate,
+        "ctal (sdpa, fused qkv)": fused,
         "ctal (eager)": eager,
         "hf roberta modules": hf,
     }

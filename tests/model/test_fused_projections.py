@@ -45,7 +45,9 @@ def test_fused_projection_matches_separate_linears_in_fp32(impl, cross):
 
 
 def test_fused_projection_really_runs_one_matmul_and_separate_runs_three():
-    attn = MultiHeadAttention(hidden_size=16, num_heads=2, dropout=0.0, attn_impl="sdpa")
+    attn = MultiHeadAttention(
+        hidden_size=16, num_heads=2, dropout=0.0, attn_impl="sdpa", fuse_projections=True
+    )
     calls = []
     for name in ("query", "key", "value"):
         getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
@@ -62,7 +64,9 @@ def test_fused_projection_really_runs_one_matmul_and_separate_runs_three():
 
 def test_zero3_partitioned_parameters_take_the_separate_path():
     """ZeRO-3 gathers a Linear's weights only in that Linear's forward (params have ds_id)."""
-    attn = MultiHeadAttention(hidden_size=16, num_heads=2, dropout=0.0, attn_impl="sdpa")
+    attn = MultiHeadAttention(
+        hidden_size=16, num_heads=2, dropout=0.0, attn_impl="sdpa", fuse_projections=True
+    )
     calls = []
     for name in ("query", "key", "value"):
         getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
@@ -75,7 +79,8 @@ def test_whole_model_is_the_same_fused_and_separate_and_keeps_its_state_dict(tin
     torch.manual_seed(0)
     fused = CTALForPretraining(tiny_config)
     separate = CTALForPretraining(tiny_config)
-    assert set_fused_projections(separate, False) == 2 + 2 * 2  # text self; audio self + cross
+    assert not any(m.fuse_projections for m in separate.modules() if isinstance(m, MultiHeadAttention))
+    assert set_fused_projections(fused, True) == 2 + 2 * 2  # text self; audio self + cross
     keys = list(fused.state_dict())
     assert keys == list(separate.state_dict())
     for prefix in ("ctal.text_encoder.layers.0.self_attention", "ctal.audio_encoder.layers.1.cross_attention"):
@@ -98,7 +103,7 @@ def test_fused_projection_in_bf16_stays_within_bf16_rounding_of_separate(tiny_co
     fused = CTALForPretraining(tiny_config).to(torch.bfloat16)
     separate = CTALForPretraining(tiny_config).to(torch.bfloat16)
     separate.load_state_dict(fused.state_dict())
-    set_fused_projections(separate, False)
+    set_fused_projections(fused, True)
     bf16_batch = {**batch, "audio_feats": batch["audio_feats"].to(torch.bfloat16)}
     states = {}
     for name, model in (("fused", fused), ("separate", separate)):
