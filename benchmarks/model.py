@@ -4,6 +4,7 @@
 
 Rows, all measured in the same run on the same batch:
   ctal (sdpa)   ctal_ds.model.CTALForPretraining, default attention backend
+  ctal (sdpa, fused qkv)  the same with fused Q/K/V and K/V projection matmuls
   ctal (eager)  the same model with softmax(QK^T)V written out
   hf roberta    the same network assembled from Hugging Face `transformers` RoBERTa
                 modules, with the same weights: text stream and MLM head from
@@ -12,6 +13,9 @@ Rows, all measured in the same run on the same batch:
                 the benchmark passes explicit padding masks and clears is_causal, so
                 they are bidirectional like CTAL's). Before timing, its loss is checked
                 against ours.
+  hf roberta (attn dropout 0.1)  with --own-defaults: the RoBERTa modules at their own
+                default attention dropout (RobertaConfig: 0.1), under which SDPA leaves its
+                fused kernel; CTAL's own default is 0.0, the setting of the rows above.
   matmul peak   a large square matmul in the same dtype: the machine's attainable
                 FLOP/s, against which the rows' utilisation is given.
 
@@ -31,11 +35,20 @@ step by step. Rates use the best step (other processes only ever slow a step dow
 the median is printed beside it). Samples/s and (frames + tokens)/s count real
 positions only, not padding. The peak is the best single 2048^3 matmul, measured before and
 after the rows.
+
+bf16 rows are only reported on CPUs with bf16 units (the amx_bf16 or avx512_bf16 flag
+in /proc/cpuinfo); elsewhere torch emulates bf16 in fp32 and the benchmark says so and
+skips them. The load average is printed before and after, since other processes slow
+the rows down. THP_MEM_ALLOC_ENABLE=1 in the environment (read by torch at start-up)
+backs large tensors with transparent huge pages, which cuts the page-fault cost of
+fresh activations; the header says whether it was set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
 
@@ -45,6 +58,7 @@ from transformers import RobertaConfig
 from transformers.models.roberta.modeling_roberta import RobertaEncoder, RobertaForMaskedLM
 
 from ctal_ds.model import CTALConfig, CTALForPretraining, count_parameters
+from ctal_ds.model.attention import set_fused_projections
 from ctal_ds.model.flops import training_flops
 from ctal_ds.model.pretraining import masked_acoustic_loss, masked_lm_loss
 
@@ -77,10 +91,46 @@ def make_batch(config: CTALConfig, batch: int, frames: int, tokens: int, seed: i
     }
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The first `flags` line of /proc/cpuinfo; empty where there is none (non-Linux, non-x86)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def has_bf16_units(flags: set[str], machine: str | None = None) -> bool:
+    """True on x86 CPUs with AMX-BF16 or AVX512-BF16; elsewhere bf16 is emulated."""
+    machine = platform.machine() if machine is None else machine
+    return machine in ("x86_64", "AMD64") and bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 class HFReference(nn.Module):
     """CTAL built from transformers' RoBERTa modules (see the module docstring)."""
 
-    def __init__(self, config: CTALConfig):
+    def __init__(self, config: CTALConfig, attention_dropout: float | None = None):
         super().__init__()
         common = dict(
             hidden_size=config.hidden_size,
@@ -88,7 +138,9 @@ class HFReference(nn.Module):
             intermediate_size=config.ffn_size,
             hidden_act="gelu",
             hidden_dropout_prob=config.dropout,
-            attention_probs_dropout_prob=config.attention_dropout,
+            attention_probs_dropout_prob=(
+                config.attention_dropout if attention_dropout is None else attention_dropout
+            ),
             layer_norm_eps=config.layer_norm_eps,
             pad_token_id=config.pad_token_id,
             type_vocab_size=1,
@@ -230,7 +282,19 @@ def main() -> None:
     # On a machine shared with other jobs, OpenMP threads wait on each other and make
     # timings erratic; --threads 1 gives stable numbers there.
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--own-defaults", action="store_true",
+        help="also time the RoBERTa modules at their own default attention dropout (0.1)",
+    )  # fmt: skip
     args = parser.parse_args()
+    print(f"cpu: {cpu_model()}  load average: {load_average()}  "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")  # fmt: skip
+    if args.dtype == "bf16" and not has_bf16_units(cpu_flags()):
+        print(
+            f"bf16 is emulated on this CPU ({platform.machine()}, no amx_bf16 / avx512_bf16 flag "
+            "in /proc/cpuinfo): its bf16 rows would time the emulation, so they are skipped"
+        )
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -243,6 +307,9 @@ def main() -> None:
     ours = CTALForPretraining(config).to(dtype).train()
     eager = CTALForPretraining(config.replace(attn_impl="eager")).to(dtype).train()
     eager.load_state_dict(ours.state_dict())
+    fused = CTALForPretraining(config).to(dtype).train()
+    fused.load_state_dict(ours.state_dict())
+    set_fused_projections(fused, True)
     hf = HFReference(config)
     copy_weights(hf, ours)
     hf = hf.to(dtype).train()
@@ -266,11 +333,21 @@ def main() -> None:
     print(f"loss ours={losses['ours']:.6f} hf={losses['hf']:.6f} |diff|={abs(losses['ours'] - losses['hf']):.2e}")
 
     peak = matmul_peak(dtype)
-    models = {"ctal (sdpa)": ours, "ctal (eager)": eager, "hf roberta modules": hf}
+    models = {
+        "ctal (sdpa)": ours,
+        "ctal (sdpa, fused qkv)": fused,
+        "ctal (eager)": eager,
+        "hf roberta modules": hf,
+    }
+    if args.own_defaults:
+        hf_default = HFReference(config, attention_dropout=RobertaConfig().attention_probs_dropout_prob)
+        copy_weights(hf_default, ours)
+        models["hf roberta (attn dropout 0.1)"] = hf_default.to(dtype).train()
     step_times = interleaved_step_times(models, batch, args.steps)
     peak = max(peak, matmul_peak(dtype))
+    print(f"load average after: {load_average()}")
     header = (
-        f"{'model':<20} {'best s':>8} {'median s':>9} {'samples/s':>10} {'pos/s':>9} "
+        f"{'model':<30} {'best s':>8} {'median s':>9} {'samples/s':>10} {'pos/s':>9} "
         f"{'GFLOP/s':>9} {'of peak':>8}"
     )
     print(header)
@@ -279,11 +356,11 @@ def main() -> None:
         seconds = min(times)
         achieved = flops / seconds
         print(
-            f"{name:<20} {seconds:>8.3f} {statistics.median(times):>9.3f} "
+            f"{name:<30} {seconds:>8.3f} {statistics.median(times):>9.3f} "
             f"{args.batch / seconds:>10.2f} {positions / seconds:>9.0f} "
             f"{achieved / 1e9:>9.1f} {100 * achieved / peak:>7.1f}%"
         )
-    print(f"{'matmul peak':<20} {'':>8} {'':>9} {'':>10} {'':>9} {peak / 1e9:>9.1f} {'100.0%':>8}")
+    print(f"{'matmul peak':<30} {'':>8} {'':>9} {'':>10} {'':>9} {peak / 1e9:>9.1f} {'100.0%':>8}")
 
 
 if __name__ == "__main__":
